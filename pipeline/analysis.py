@@ -1,0 +1,92 @@
+"""Turn results.json into the comparison every report format renders."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .stats import FAILED, SLOWER, compare, summarize
+
+METRICS = {
+    "boot_s": ("guest boot time", "s"),
+    "host_cpu_s": ("host CPU (boot, w/o reader vCPUs)", "s"),
+    "other_cpu_s": ("CPU outside the VMM (kworkers)", "s"),
+    "updates_over_2ms": ("memslot updates over 2 ms", ""),
+    "update_p99_us": ("memslot update p99", "us"),
+}
+COMPARED = ("boot_s", "host_cpu_s")
+
+
+def _values(runs: list[dict[str, Any]], metric: str) -> list[float]:
+    return [float(r["metrics"][metric]) for r in runs if metric in r.get("metrics", {})]
+
+
+def analyze(results: dict[str, Any]) -> dict[str, Any]:
+    settings = results.get("settings", {})
+    alpha = float(settings.get("alpha", 0.05))
+    min_effect = float(settings.get("min_effect_pct", 5.0))
+    resamples = int(settings.get("bootstrap_resamples", 2000))
+    baseline = results.get("baseline", "")
+    cands = results.get("candidates", {})
+    order = results.get("candidate_order") or list(cands)
+    base_runs = cands.get(baseline, {}).get("runs", [])
+    rows = []
+    for name in order:
+        c = cands.get(name, {"status": "pending", "runs": []})
+        runs = c.get("runs", [])
+        summaries = {m: summarize(_values(runs, m), resamples) for m in METRICS}
+        comparisons = {}
+        ok = c.get("status") == "ok" and len(runs) > 0
+        for m in COMPARED:
+            if name == baseline:
+                continue
+            if not ok or not base_runs:
+                comparisons[m] = {"change_pct": math.nan, "change_ci_low": math.nan, "change_ci_high": math.nan,
+                                  "p_value": math.nan, "verdict": FAILED}
+            else:
+                comparisons[m] = compare(_values(runs, m), _values(base_runs, m), m, alpha, min_effect,
+                                         resamples).as_dict()
+        rows.append({
+            "name": name,
+            "is_baseline": name == baseline,
+            "status": c.get("status", "pending"),
+            "status_detail": c.get("status_detail", ""),
+            "n": len(runs),
+            "warmups": len(c.get("warmup_runs", [])),
+            "retries": len(c.get("retries", [])),
+            "stop_reason": c.get("stop_reason", ""),
+            "summaries": {m: vars(s) | {"ci_width_pct": s.ci_width_pct} for m, s in summaries.items()},
+            "comparisons": comparisons,
+        })
+    regressions = [r["name"] for r in rows if r["comparisons"].get("boot_s", {}).get("verdict") == SLOWER]
+    failed = [r["name"] for r in rows if r["status"] not in ("ok", "pending")]
+    return {"baseline": baseline, "rows": rows, "regressions": regressions, "failed": failed,
+            "alpha": alpha, "min_effect_pct": min_effect, "headline": _headline(rows, baseline)}
+
+
+def _headline(rows: list[dict[str, Any]], baseline: str) -> str:
+    parts = []
+    for r in rows:
+        if r["is_baseline"]:
+            continue
+        comp = r["comparisons"].get("boot_s", {})
+        if comp.get("verdict") == FAILED:
+            parts.append(f"{r['name']}: {r['status']}")
+        elif comp.get("verdict") in (None, "too few runs"):
+            parts.append(f"{r['name']}: too few runs")
+        else:
+            cpu = r["comparisons"].get("host_cpu_s", {})
+            parts.append(f"{r['name']}: boot {comp['change_pct']:+.0f}% ({comp['verdict']}), "
+                         f"host CPU {cpu.get('change_pct', math.nan):+.0f}%")
+    return f"vs {baseline}: " + "; ".join(parts) if parts else f"only the baseline ({baseline}) was measured"
+
+
+def fmt_num(value: float, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def fmt_p(p: float) -> str:
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return "-"
+    return f"{p:.4f}" if p >= 0.0001 else f"{p:.1e}"

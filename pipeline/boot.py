@@ -1,0 +1,200 @@
+"""boot: start a kernel under QEMU as a test host and log in to it over SSH (fabric).
+
+Ready means an SSH login works and the host key is the one we generated.
+A panic/oops/BUG on the console ends the boot as `boot-failed`; no login
+within the timeout as `boot-timeout`. QEMU is always terminated.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shlex
+import shutil
+import socket
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import fabric
+import jinja2
+import paramiko
+
+from .build import BuildArtifacts
+from .config import TestHost
+from .errors import InfraError, PipelineError
+from .executor import Executor, Process
+from .initramfs import Initramfs
+
+log = logging.getLogger(__name__)
+
+PANIC_RE = re.compile(r"(Kernel panic - not syncing|BUG: |Oops: |general protection fault|"
+                      r"Unable to handle kernel|kernel BUG at|rcu_sched self-detected stall|"
+                      r"rcu: INFO: rcu_sched detected stalls)")
+
+
+class BootFailed(PipelineError):
+    """The kernel panicked or QEMU exited: not retried into a pass."""
+
+    def __init__(self, status: str, message: str, excerpt: str):
+        self.status = status
+        self.excerpt = excerpt
+        super().__init__(f"{message}\n{excerpt}")
+
+
+def _kvm_usable() -> tuple[bool, str]:
+    if not os.path.exists("/dev/kvm"):
+        return False, "/dev/kvm does not exist"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False, "/dev/kvm is not readable and writable by this user"
+    try:
+        modules = Path("/proc/modules").read_text()
+    except OSError:
+        modules = ""
+    # Loaded as a module or built in: either way it shows under /sys/module.
+    if re.search(r"^kvm_pvm\b", modules, re.M) or Path("/sys/module/kvm_pvm").exists():
+        return False, ("/dev/kvm is a PVM hypervisor (kvm_pvm), which cannot boot a stock kernel under "
+                       "qemu -enable-kvm")
+    return True, "/dev/kvm is usable"
+
+
+def accel_tcg() -> tuple[str, str]:
+    # -cpu max exposes svm+npt, so the test host can run KVM guests (nested, emulated).
+    return "-accel tcg,thread=multi -cpu max", "TCG with -cpu max (nested SVM for the workload's KVM guests)"
+
+
+def accel_kvm() -> tuple[str, str]:
+    return "-accel kvm -cpu host", "KVM with -cpu host"
+
+
+ACCELERATORS: dict[str, Callable[[], tuple[str, str]]] = {"tcg": accel_tcg, "kvm": accel_kvm}
+
+
+def choose_accelerator(wanted: str) -> tuple[str, str, str]:
+    """Return (name, qemu args, reason). 'auto' picks KVM only where it can boot the test host."""
+    if wanted == "auto":
+        ok, why = _kvm_usable()
+        name = "kvm" if ok else "tcg"
+        args, what = ACCELERATORS[name]()
+        reason = f"{what}: {why}" if ok else f"{what}, because {why}"
+        return name, args, reason
+    if wanted not in ACCELERATORS:
+        raise ValueError(f"unknown accelerator {wanted!r}; valid: auto, {', '.join(ACCELERATORS)}")
+    args, what = ACCELERATORS[wanted]()
+    return wanted, args, f"{what} (as configured)"
+
+
+def render_qemu_command(template: Path, **values: object) -> list[str]:
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False)
+    env.filters["shquote"] = lambda v: shlex.quote(str(v))
+    text = env.from_string(template.read_text()).render(**values)
+    argv: list[str] = []
+    for line in text.splitlines():
+        argv.extend(shlex.split(line))
+    return argv
+
+
+@dataclass
+class BootedHost:
+    connection: fabric.Connection
+    process: Process
+    console_log: Path
+    ssh_port: int
+    accelerator: str
+    boot_seconds: float
+    kernel_release: str
+    info: dict = field(default_factory=dict)
+
+    def run(self, command: list[str], timeout: float | None = None, warn: bool = True):
+        """Run a remote command; every word is shell-quoted."""
+        return self.connection.run(shlex.join(command), hide=True, warn=warn, timeout=timeout, in_stream=False)
+
+
+def _connect(port: int, initramfs: Initramfs) -> fabric.Connection:
+    conn = fabric.Connection("127.0.0.1", port=port, user="root", connect_timeout=5,
+                             connect_kwargs={"key_filename": str(initramfs.keys.client_key),
+                                             "look_for_keys": False, "allow_agent": False,
+                                             "banner_timeout": 15, "auth_timeout": 15})
+    conn.open()
+    transport = conn.client.get_transport()
+    assert transport is not None
+    key = transport.get_remote_server_key()
+    seen = f"{key.get_name()} {key.get_base64()}"
+    if seen != initramfs.keys.host_pub:
+        conn.close()
+        raise InfraError(f"test host on port {port} presented host key {seen[:40]}..., not ours")
+    return conn
+
+
+def _console_excerpt(text: str, match: re.Match | None = None, lines: int = 40) -> str:
+    all_lines = text.splitlines()
+    if match:
+        idx = text[: match.start()].count("\n")
+        return "\n".join(all_lines[max(0, idx - 5): idx + lines])
+    return "\n".join(all_lines[-lines:])
+
+
+@contextmanager
+def boot_test_host(executor: Executor, artifacts: BuildArtifacts, initramfs: Initramfs, host: TestHost,
+                   extra_cmdline: tuple[str, ...], run_dir: Path, name: str,
+                   accelerator: tuple[str, str, str]) -> Iterator[BootedHost]:
+    """Boot, wait for SSH, yield the host; QEMU is terminated on every way out."""
+    qemu = shutil.which("qemu-system-x86_64")
+    if not qemu:
+        raise InfraError("qemu-system-x86_64 not found; install it with 'apt-get install qemu-system-x86'")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    console_log = run_dir / f"{name}.console.log"
+    qemu_log = run_dir / f"{name}.qemu.log"
+    for p in (console_log, qemu_log):
+        p.unlink(missing_ok=True)
+    port = executor.free_port()
+    accel_name, accel_args, _ = accelerator
+    cmdline = " ".join([host.cmdline, "panic=-1", "oops=panic", *extra_cmdline])
+    argv = render_qemu_command(host.qemu_template, qemu=qemu, accel_args=accel_args, cpus=host.cpus,
+                               memory_mb=host.memory_mb, kernel=executor.path_for(artifacts.bzimage),
+                               initrd=executor.path_for(initramfs.path), cmdline=cmdline, ssh_port=port,
+                               console_log=console_log, pidfile=run_dir / f"{name}.pid")
+    start = time.monotonic()
+    proc = executor.spawn(argv, qemu_log)
+    conn = None
+    try:
+        deadline = start + host.boot_timeout_s
+        ready_seen = False
+        while True:
+            console = executor.read_text(str(console_log))
+            m = PANIC_RE.search(console)
+            if m:
+                time.sleep(1.0)  # let the rest of the oops reach the log
+                console = executor.read_text(str(console_log))
+                raise BootFailed("boot-failed", f"kernel reported '{m.group(1).strip()}' during boot",
+                                 _console_excerpt(console, PANIC_RE.search(console)))
+            if not proc.alive():
+                qlog = executor.read_text(str(qemu_log))
+                raise BootFailed("boot-failed", "QEMU exited during boot",
+                                 _console_excerpt(console, lines=30) + "\n--- qemu ---\n" + qlog[-2000:])
+            ready_seen = ready_seen or initramfs.ready_marker in console
+            if ready_seen:
+                try:
+                    conn = _connect(port, initramfs)
+                    break
+                except (paramiko.SSHException, socket.error, EOFError) as exc:
+                    log.debug("ssh not ready: %s", exc)
+            if time.monotonic() > deadline:
+                raise BootFailed("boot-timeout", f"no SSH login within {host.boot_timeout_s} s "
+                                 f"(ready marker {'seen' if ready_seen else 'not seen'} on the console)",
+                                 _console_excerpt(console, lines=30))
+            time.sleep(0.5)
+        booted = BootedHost(conn, proc, console_log, port, accel_name, time.monotonic() - start,
+                            artifacts.kernel_release)
+        uname = booted.run(["uname", "-r"], timeout=60)
+        booted.info["uname_r"] = uname.stdout.strip()
+        yield booted
+    finally:
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - closing a dead link must not hide the real error
+                pass
+        proc.terminate()

@@ -1,0 +1,140 @@
+"""Command line: a thin layer over the library. `main(argv) -> int`.
+
+Exit codes: 0 no regression against the baseline, 1 the pipeline failed,
+2 it worked and found a regression.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import http.server
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+from .analysis import analyze
+from .config import load_config
+from .errors import ConfigError, InfraError, PipelineError, UserError
+from .progress import Progress
+from .report import load_run, render_html, render_json, render_text, write_report
+from .runner import Interrupted, run_pipeline
+
+EXIT_OK, EXIT_FAILED, EXIT_REGRESSION = 0, 1, 2
+
+TOOLS = {  # command -> Debian package
+    "qemu-system-x86_64": "qemu-system-x86", "gcc": "build-essential", "make": "make", "git": "git",
+    "ccache": "ccache", "flex": "flex", "bison": "bison", "bc": "bc", "cpio": "cpio", "busybox": "busybox-static",
+    "dropbear": "dropbear-bin", "dropbearkey": "dropbear-bin", "ssh-keygen": "openssh-client",
+    "/usr/lib/openssh/sftp-server": "openssh-sftp-server", "xz": "xz-utils", "ldd": "libc-bin",
+}
+HEADERS = {"/usr/include/libelf.h": "libelf-dev", "/usr/include/openssl/ssl.h": "libssl-dev"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", default="pipeline.yaml", help="pipeline.yaml to use")
+    common.add_argument("-v", "--verbose", action="count", default=0)
+    common.add_argument("--only", action="append", metavar="CANDIDATE",
+                        help="run only this candidate (and the baseline); repeatable")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", parents=[common], help="run every candidate and render the report")
+    sub.add_parser("validate", parents=[common], help="check pipeline.yaml and the patches it names")
+    rep = sub.add_parser("report", parents=[common], help="re-render a report from a run's results.json")
+    rep.add_argument("run", help="run id (under runs_dir) or a run folder")
+    rep.add_argument("--format", choices=("html", "text", "json"), default="html")
+    srv = sub.add_parser("serve", parents=[common], help="serve reports/ on 127.0.0.1")
+    srv.add_argument("--port", type=int, default=8000)
+    sub.add_parser("doctor", parents=[common], help="list the tools a run needs and how to install them")
+    return p
+
+
+def _run_dir(cfg_runs: Path, run: str) -> Path:
+    path = Path(run)
+    if (path / "results.json").exists():
+        return path
+    if (cfg_runs / run / "results.json").exists():
+        return cfg_runs / run
+    raise UserError(f"no run {run!r}: neither {path} nor {cfg_runs / run} holds a results.json")
+
+
+def doctor(cfg_path: str) -> list[str]:
+    """Missing tools and files, each with the command that installs it."""
+    problems = []
+    for tool, pkg in TOOLS.items():
+        found = Path(tool).exists() if tool.startswith("/") else shutil.which(tool)
+        if not found:
+            problems.append(f"{tool}: missing; apt-get install {pkg}")
+    for header, pkg in HEADERS.items():
+        if not Path(header).exists():
+            problems.append(f"{header}: missing; apt-get install {pkg}")
+    try:
+        load_config(cfg_path)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "doctor":
+            problems = doctor(args.config)
+            for line in problems:
+                print(line)
+            print("all tools present" if not problems else f"{len(problems)} problem(s)")
+            return EXIT_FAILED if problems else EXIT_OK
+        cfg = load_config(args.config)
+        if args.command == "validate":
+            from .patch import check_changes
+            from .runner import selected_candidates
+            for c in selected_candidates(cfg, args.only):
+                check_changes(c)
+            print(f"{args.config}: OK ({len(cfg.candidates)} candidates, baseline {cfg.baseline})")
+            return EXIT_OK
+        if args.command == "serve":
+            handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(cfg.report.dir))
+            with http.server.ThreadingHTTPServer(("127.0.0.1", args.port), handler) as httpd:
+                print(f"serving {cfg.report.dir} on http://127.0.0.1:{args.port}/ (Ctrl-C stops)")
+                try:
+                    httpd.serve_forever()
+                except KeyboardInterrupt:
+                    pass
+            return EXIT_OK
+        if args.command == "report":
+            run_dir = _run_dir(cfg.runs_dir, args.run)
+            results, metadata = load_run(run_dir)
+            if args.format == "text":
+                sys.stdout.write(render_text(results, metadata))
+            elif args.format == "json":
+                sys.stdout.write(render_json(results, metadata) + "\n")
+            else:
+                out = write_report(run_dir, cfg.report.dir)
+                print(out / "index.html")
+            return EXIT_REGRESSION if analyze(results)["regressions"] else EXIT_OK
+        if args.command == "run":
+            problems = [p for p in doctor(args.config) if "missing" in p]
+            if problems:
+                raise InfraError("missing tools, install them first:\n  " + "\n  ".join(problems))
+            folder = run_pipeline(cfg, args.only, Progress())
+            out = write_report(folder.path, cfg.report.dir)
+            results, metadata = load_run(folder.path)
+            print(render_text(results, metadata))
+            print(f"report: {out / 'index.html'}")
+            a = analyze(results)
+            if a["regressions"]:
+                return EXIT_REGRESSION
+            return EXIT_OK
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except (UserError, InfraError, PipelineError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except (KeyboardInterrupt, Interrupted):
+        print("interrupted; QEMU processes stopped, results so far are in the run folder", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_FAILED

@@ -1,0 +1,373 @@
+"""Load pipeline.yaml once into typed, frozen objects.
+
+Every error names the key path and the line it came from, e.g.
+``candidates[2].changes[0].patch: patches/x.patch does not exist (pipeline.yaml:31)``.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from .errors import ConfigError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+CMDLINE_PARAM_RE = re.compile(r"^[A-Za-z0-9_.\-]+(=[A-Za-z0-9_.,:/\-]*)?$")
+CHANGE_KINDS = ("patch", "revert", "config", "cmdline")
+ACCELERATORS = ("auto", "kvm", "tcg")
+
+
+@dataclass(frozen=True)
+class Tree:
+    name: str
+    git: str | None = None
+    ref: str | None = None
+    tarball: Path | None = None
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: str  # one of CHANGE_KINDS
+    value: str  # a path for patch/config, a commit for revert, parameters for cmdline
+    path: Path | None = None  # resolved file for patch/config
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    tree: str
+    changes: tuple[Change, ...] = ()
+    description: str = ""
+
+    @property
+    def cmdline(self) -> tuple[str, ...]:
+        return tuple(p for c in self.changes if c.kind == "cmdline" for p in c.value.split())
+
+    @property
+    def source_changes(self) -> tuple[Change, ...]:
+        return tuple(c for c in self.changes if c.kind in ("patch", "revert"))
+
+    @property
+    def config_fragments(self) -> tuple[Path, ...]:
+        return tuple(c.path for c in self.changes if c.kind == "config" and c.path)
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    base: str = "tinyconfig"
+    fragments: tuple[Path, ...] = ()
+    make_jobs: int = 0  # 0: number of CPUs
+
+
+@dataclass(frozen=True)
+class TestHost:
+    qemu_template: Path
+    initramfs_recipe: Path
+    cpus: int = 2
+    memory_mb: int = 1024
+    accelerator: str = "auto"
+    cmdline: str = "console=ttyS0"
+    boot_timeout_s: int = 180
+
+
+@dataclass(frozen=True)
+class Workload:
+    cycles: int = 6000
+    static_slots: int = 0
+    spinners: int = 1
+    spin_mode: str = "io"
+    pin: bool = True
+    timeout_s: int = 600
+
+
+@dataclass(frozen=True)
+class Repetitions:
+    warmup: int = 1
+    counted: int = 5
+    max_counted: int = 5
+    target_ci_pct: float = 0.0  # 0: no adaptive repetitions
+    retries: int = 2
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    dir: Path = Path("reports")
+    base_url: str = ""
+    alpha: float = 0.05
+    min_effect_pct: float = 5.0
+    bootstrap_resamples: int = 2000
+
+
+@dataclass(frozen=True)
+class Config:
+    source: Path
+    root: Path  # directory relative paths are resolved against
+    cache_dir: Path
+    runs_dir: Path
+    trees: dict[str, Tree]
+    baseline: str
+    candidates: tuple[Candidate, ...]
+    kernel: KernelConfig
+    test_host: TestHost
+    workload: Workload
+    repetitions: Repetitions
+    report: ReportSettings
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def candidate(self, name: str) -> Candidate:
+        for c in self.candidates:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+
+class _Lines:
+    """Maps key paths (``candidates[2].changes[0]``) to source lines."""
+
+    def __init__(self, text: str):
+        self.lines: dict[str, int] = {}
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None:
+            self._walk(node, "")
+
+    def _walk(self, node: yaml.Node, path: str) -> None:
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                sub = f"{path}.{key.value}" if path else str(key.value)
+                self.lines[sub] = key.start_mark.line + 1
+                self._walk(value, sub)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._walk(item, f"{path}[{i}]")
+
+    def of(self, path: str) -> int | None:
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = re.sub(r"(\.[^.\[]+|\[\d+\])$", "", path)
+        return None
+
+
+class _Reader:
+    """Typed accessors that raise ConfigError with path and line."""
+
+    def __init__(self, source: Path, lines: _Lines, root: Path):
+        self.source, self.lines, self.root = source, lines, root
+
+    def error(self, path: str, message: str) -> ConfigError:
+        return ConfigError(path, message, self.source.name, self.lines.of(path))
+
+    def mapping(self, value: Any, path: str, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> dict:
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise self.error(path, f"expected a mapping, got {type(value).__name__}")
+        for key in value:
+            if key not in allowed:
+                raise self.error(f"{path}.{key}" if path else str(key),
+                                 f"unknown key; valid keys: {', '.join(allowed)}")
+        for key in required:
+            if key not in value:
+                raise self.error(path or key, f"missing required key '{key}'")
+        return value
+
+    def typed(self, value: Any, path: str, kind: type | tuple, check: Callable[[Any], bool] | None = None,
+              hint: str = "") -> Any:
+        if isinstance(value, bool) and kind in (int, float):
+            raise self.error(path, f"expected {kind.__name__}, got a boolean")
+        if kind is float and isinstance(value, int):
+            value = float(value)
+        if not isinstance(value, kind):
+            name = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            raise self.error(path, f"expected {name}, got {type(value).__name__} {value!r}")
+        if check and not check(value):
+            raise self.error(path, f"invalid value {value!r}" + (f": {hint}" if hint else ""))
+        return value
+
+    def existing_file(self, value: Any, path: str) -> Path:
+        text = self.typed(value, path, str)
+        resolved = (self.root / os.path.expanduser(text)).resolve()
+        if not resolved.is_file():
+            raise self.error(path, f"{text} does not exist")
+        return resolved
+
+    def settings(self, data: Any, path: str, cls: type, converters: dict[str, Callable[[Any, str], Any]]) -> Any:
+        mapping = self.mapping(data, path, tuple(converters))
+        kwargs = {k: converters[k](v, f"{path}.{k}") for k, v in mapping.items()}
+        return cls(**kwargs)
+
+
+def _positive(r: _Reader) -> Callable[[Any, str], int]:
+    return lambda v, p: r.typed(v, p, int, lambda x: x > 0, "must be > 0")
+
+
+def _non_negative(r: _Reader) -> Callable[[Any, str], int]:
+    return lambda v, p: r.typed(v, p, int, lambda x: x >= 0, "must be >= 0")
+
+
+def default_cache_dir(setting: str | None, root: Path) -> Path:
+    """The cache directory: $KPIPE_CACHE_DIR, else the setting, else ~/.cache/kpipe."""
+    env = os.environ.get("KPIPE_CACHE_DIR")
+    if env:
+        return Path(env).expanduser().resolve()
+    if setting:
+        return (root / os.path.expanduser(setting)).resolve()
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(xdg) / "kpipe"
+
+
+TOP_KEYS = ("cache_dir", "runs_dir", "trees", "baseline", "candidates", "kernel", "test_host",
+            "workload", "repetitions", "report")
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate pipeline.yaml; raise ConfigError naming key path and line."""
+    source = Path(path).resolve()
+    if not source.is_file():
+        raise ConfigError("", f"config file {path} not found (pass -c/--config)")
+    text = source.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+        lines = _Lines(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ConfigError("", f"not valid YAML: {getattr(exc, 'problem', exc)}", source.name,
+                          mark.line + 1 if mark else None) from None
+    root = source.parent
+    r = _Reader(source, lines, root)
+    data = r.mapping(data, "", TOP_KEYS, ("trees", "baseline", "candidates"))
+
+    trees = _load_trees(r, data["trees"])
+    candidates = _load_candidates(r, data["candidates"], trees)
+    baseline = r.typed(data["baseline"], "baseline", str)
+    if baseline not in {c.name for c in candidates}:
+        raise r.error("baseline", f"'{baseline}' names no candidate; candidates: "
+                      f"{', '.join(c.name for c in candidates)}")
+
+    kernel = r.settings(data.get("kernel"), "kernel", KernelConfig, {
+        "base": lambda v, p: r.typed(v, p, str, lambda x: x in ("tinyconfig", "defconfig", "allnoconfig"),
+                                     "one of tinyconfig, defconfig, allnoconfig"),
+        "fragments": lambda v, p: tuple(r.existing_file(f, f"{p}[{i}]")
+                                        for i, f in enumerate(r.typed(v, p, list))),
+        "make_jobs": _non_negative(r),
+    })
+    host_data = r.mapping(data.get("test_host"), "test_host",
+                          ("qemu_template", "initramfs_recipe", "cpus", "memory_mb", "accelerator",
+                           "cmdline", "boot_timeout_s"))
+    host_data.setdefault("qemu_template", "vm-templates/qemu/x86_64.cmd.j2")
+    host_data.setdefault("initramfs_recipe", "vm-templates/initramfs/recipe.yaml")
+    test_host = r.settings(host_data, "test_host", TestHost, {
+        "qemu_template": r.existing_file,
+        "initramfs_recipe": r.existing_file,
+        "cpus": lambda v, p: r.typed(v, p, int, lambda x: 1 <= x <= 8, "1 to 8"),
+        "memory_mb": lambda v, p: r.typed(v, p, int, lambda x: 256 <= x <= 16384, "256 to 16384"),
+        "accelerator": lambda v, p: r.typed(v, p, str, lambda x: x in ACCELERATORS,
+                                            f"valid accelerators: {', '.join(ACCELERATORS)}"),
+        "cmdline": lambda v, p: r.typed(v, p, str),
+        "boot_timeout_s": _positive(r),
+    })
+    workload = r.settings(data.get("workload"), "workload", Workload, {
+        "cycles": _positive(r),
+        "static_slots": lambda v, p: r.typed(v, p, int, lambda x: 0 <= x <= 32000, "0 to 32000"),
+        "spinners": lambda v, p: r.typed(v, p, int, lambda x: 0 <= x <= 16, "0 to 16"),
+        "spin_mode": lambda v, p: r.typed(v, p, str, lambda x: x in ("io", "loop"), "io or loop"),
+        "pin": lambda v, p: r.typed(v, p, bool),
+        "timeout_s": _positive(r),
+    })
+    reps = r.settings(data.get("repetitions"), "repetitions", Repetitions, {
+        "warmup": _non_negative(r),
+        "counted": lambda v, p: r.typed(v, p, int, lambda x: x >= 2, "at least 2 for statistics"),
+        "max_counted": _positive(r),
+        "target_ci_pct": lambda v, p: r.typed(v, p, float, lambda x: x >= 0, "must be >= 0"),
+        "retries": _non_negative(r),
+    })
+    if reps.max_counted < reps.counted:
+        reps = Repetitions(reps.warmup, reps.counted, reps.counted, reps.target_ci_pct, reps.retries)
+    report = r.settings(data.get("report"), "report", ReportSettings, {
+        "dir": lambda v, p: (root / r.typed(v, p, str)).resolve(),
+        "base_url": lambda v, p: r.typed(v, p, str),
+        "alpha": lambda v, p: r.typed(v, p, float, lambda x: 0 < x < 1, "between 0 and 1"),
+        "min_effect_pct": lambda v, p: r.typed(v, p, float, lambda x: x >= 0, "must be >= 0"),
+        "bootstrap_resamples": lambda v, p: r.typed(v, p, int, lambda x: x >= 100, "at least 100"),
+    })
+    if "dir" not in (data.get("report") or {}):
+        report = ReportSettings((root / "reports").resolve(), report.base_url, report.alpha,
+                                report.min_effect_pct, report.bootstrap_resamples)
+    cache_setting = r.typed(data["cache_dir"], "cache_dir", str) if "cache_dir" in data else None
+    runs_dir = (root / r.typed(data.get("runs_dir", "runs"), "runs_dir", str)).resolve()
+    return Config(source=source, root=root, cache_dir=default_cache_dir(cache_setting, root),
+                  runs_dir=runs_dir, trees=trees, baseline=baseline, candidates=candidates,
+                  kernel=kernel, test_host=test_host, workload=workload, repetitions=reps,
+                  report=report, raw=data)
+
+
+def _load_trees(r: _Reader, data: Any) -> dict[str, Tree]:
+    data = r.mapping(data, "trees", tuple(data) if isinstance(data, dict) else ())
+    if not data:
+        raise r.error("trees", "at least one tree is needed")
+    trees = {}
+    for name, spec in data.items():
+        path = f"trees.{name}"
+        r.typed(name, path, str, NAME_RE.match, "letters, digits, '.', '_', '-'")
+        spec = r.mapping(spec, path, ("git", "ref", "tarball"))
+        if ("git" in spec) == ("tarball" in spec):
+            raise r.error(path, "give exactly one of 'git' (URL or path, with 'ref') or 'tarball'")
+        if "tarball" in spec:
+            text = r.typed(spec["tarball"], f"{path}.tarball", str)
+            tarball = Path(os.path.expanduser(text))
+            tarball = tarball if tarball.is_absolute() else (r.root / tarball)
+            if not tarball.is_file():
+                raise r.error(f"{path}.tarball", f"{text} does not exist; on Debian install it with "
+                              f"'apt-get install {tarball.name.split('.tar')[0]}'")
+            trees[name] = Tree(name, tarball=tarball.resolve())
+        else:
+            git = r.typed(spec["git"], f"{path}.git", str)
+            ref = r.typed(spec.get("ref", "HEAD"), f"{path}.ref", str,
+                          lambda x: not x.startswith("-") and ".." not in x, "not a valid ref")
+            trees[name] = Tree(name, git=git, ref=ref)
+    return trees
+
+
+def _load_candidates(r: _Reader, data: Any, trees: dict[str, Tree]) -> tuple[Candidate, ...]:
+    items = r.typed(data, "candidates", list, lambda x: len(x) > 0, "at least one candidate")
+    seen: set[str] = set()
+    out = []
+    for i, item in enumerate(items):
+        path = f"candidates[{i}]"
+        item = r.mapping(item, path, ("name", "tree", "changes", "description"), ("name", "tree"))
+        name = r.typed(item["name"], f"{path}.name", str, NAME_RE.match,
+                       "letters, digits, '.', '_', '-', at most 64")
+        if name in seen:
+            raise r.error(f"{path}.name", f"duplicate candidate name '{name}'")
+        seen.add(name)
+        tree = r.typed(item["tree"], f"{path}.tree", str)
+        if tree not in trees:
+            raise r.error(f"{path}.tree", f"'{tree}' names no tree; trees: {', '.join(trees)}")
+        changes = []
+        for j, ch in enumerate(r.typed(item.get("changes", []), f"{path}.changes", list)):
+            cpath = f"{path}.changes[{j}]"
+            ch = r.mapping(ch, cpath, CHANGE_KINDS)
+            if len(ch) != 1:
+                raise r.error(cpath, f"each change has exactly one of: {', '.join(CHANGE_KINDS)}")
+            kind, value = next(iter(ch.items()))
+            vpath = f"{cpath}.{kind}"
+            if kind in ("patch", "config"):
+                changes.append(Change(kind, r.typed(value, vpath, str), r.existing_file(value, vpath)))
+            elif kind == "revert":
+                changes.append(Change(kind, r.typed(value, vpath, str, re.compile(r"^[0-9a-fA-F]{7,40}$").match,
+                                                    "a commit ID (7 to 40 hex digits)")))
+            else:
+                params = value if isinstance(value, list) else [value]
+                for k, p in enumerate(params):
+                    r.typed(p, f"{vpath}[{k}]" if isinstance(value, list) else vpath, str,
+                            lambda x: all(CMDLINE_PARAM_RE.match(w) for w in x.split()),
+                            "kernel parameters are name or name=value")
+                changes.append(Change(kind, " ".join(params)))
+        out.append(Candidate(name, tree, tuple(changes),
+                             r.typed(item.get("description", ""), f"{path}.description", str)))
+    return tuple(out)

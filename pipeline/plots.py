@@ -1,0 +1,119 @@
+"""Inline SVG plots for the HTML report (matplotlib, rendered from results.json only)."""
+from __future__ import annotations
+
+import io
+import re
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+matplotlib.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False,
+                            "axes.spines.right": False, "svg.hashsalt": "kpipe"})
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+
+
+def _svg(fig: Any) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    text = buf.getvalue()
+    # Inline: drop the XML prolog and DOCTYPE, keep the <svg> element.
+    return text[text.index("<svg"):]
+
+
+def _label(text: str) -> str:
+    # Candidate names are validated ([A-Za-z0-9._-]); escape anyway for SVG text.
+    return re.sub(r"[<>&\"']", "_", text)
+
+
+def _runs(results: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    return results["candidates"].get(name, {}).get("runs", [])
+
+
+def distribution(results: dict[str, Any], order: list[str], metric: str, title: str, unit: str) -> str:
+    fig, ax = plt.subplots(figsize=(6.4, 0.5 + 0.45 * max(1, len(order))))
+    for i, name in enumerate(order):
+        vals = [r["metrics"][metric] for r in _runs(results, name)]
+        if not vals:
+            continue
+        color = COLORS[i % len(COLORS)]
+        ax.boxplot([vals], positions=[i], vert=False, widths=0.5, showfliers=False,
+                   medianprops={"color": color, "linewidth": 2})
+        ax.scatter(vals, [i] * len(vals), s=14, color=color, alpha=0.8, zorder=3)
+    ax.set_yticks(range(len(order)), [_label(n) for n in order])
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{title} ({unit}), one dot per counted run")
+    ax.set_xlim(left=0)
+    return _svg(fig)
+
+
+def tradeoff(results: dict[str, Any], order: list[str]) -> str:
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for i, name in enumerate(order):
+        runs = _runs(results, name)
+        if not runs:
+            continue
+        ax.scatter([r["metrics"]["boot_s"] for r in runs], [r["metrics"]["host_cpu_s"] for r in runs],
+                   s=22, color=COLORS[i % len(COLORS)], label=_label(name), alpha=0.85)
+    ax.set_xlabel("guest boot time (s)  - lower is better")
+    ax.set_ylabel("host CPU over the boot (s)  - lower is better")
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    if ax.has_data():
+        ax.legend(fontsize=8, frameon=False)
+    return _svg(fig)
+
+
+def timeline(results: dict[str, Any], order: list[str]) -> str:
+    """Memslot updates completed against time, for each candidate's median run."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for i, name in enumerate(order):
+        runs = sorted(_runs(results, name), key=lambda r: r["metrics"]["boot_s"])
+        if not runs:
+            continue
+        run = runs[len(runs) // 2]
+        points = run["raw"].get("timeline_ns", [])
+        total = run["metrics"]["updates"]
+        xs = [0.0] + [p / 1e9 for p in points if p]
+        ys = [0.0] + [total * (k + 1) / len(points) for k, p in enumerate(points) if p]
+        ax.plot(xs, ys, marker=".", color=COLORS[i % len(COLORS)], label=_label(name))
+    ax.set_xlabel("time since the guest's flash phase began (s)")
+    ax.set_ylabel("memslot updates done")
+    if ax.has_data():
+        ax.legend(fontsize=8, frameon=False)
+    return _svg(fig)
+
+
+def latency_percentiles(results: dict[str, Any], order: list[str]) -> str:
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    keys = [("update_p50_us", "p50"), ("update_p90_us", "p90"), ("update_p99_us", "p99"), ("update_max_us", "max")]
+    width = 0.8 / max(1, len(order))
+    for i, name in enumerate(order):
+        runs = _runs(results, name)
+        if not runs:
+            continue
+        meds = []
+        for key, _ in keys:
+            vals = sorted(r["metrics"][key] for r in runs)
+            meds.append(vals[len(vals) // 2])
+        ax.bar([k + i * width for k in range(len(keys))], meds, width=width, color=COLORS[i % len(COLORS)],
+               label=_label(name))
+    ax.set_yscale("log")
+    ax.set_xticks([k + 0.4 - width / 2 for k in range(len(keys))], [label for _, label in keys])
+    ax.set_ylabel("KVM_SET_USER_MEMORY_REGION latency (us, log)")
+    if ax.has_data():
+        ax.legend(fontsize=8, frameon=False)
+    return _svg(fig)
+
+
+def all_plots(results: dict[str, Any], order: list[str]) -> dict[str, str]:
+    return {
+        "boot": distribution(results, order, "boot_s", "guest boot time", "s"),
+        "cpu": distribution(results, order, "host_cpu_s", "host CPU over the boot", "s"),
+        "tradeoff": tradeoff(results, order),
+        "timeline": timeline(results, order),
+        "latency": latency_percentiles(results, order),
+    }

@@ -1,0 +1,82 @@
+"""The one wrapper that runs every local external command."""
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Mapping, Sequence
+
+from .errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CommandResult:
+    argv: list[str]
+    returncode: int
+    output: str  # stdout and stderr interleaved
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.output.splitlines()[-lines:])
+
+
+class CommandFailed(PipelineError):
+    def __init__(self, result: CommandResult):
+        self.result = result
+        super().__init__(f"command failed with exit code {result.returncode}: "
+                         f"{shlex.join(result.argv)}\n{result.tail(20)}")
+
+
+def run(argv: Sequence[str | os.PathLike], *, cwd: str | Path | None = None,
+        env: Mapping[str, str] | None = None, log_file: Path | IO[str] | None = None,
+        check: bool = True, timeout: float | None = None, input_text: str | None = None) -> CommandResult:
+    """Run argv (never through a shell), stream its output to log_file, return the result.
+
+    stdin is closed unless input_text is given; env entries are added to os.environ.
+    """
+    args = [str(a) for a in argv]
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    log.debug("run: %s (cwd=%s)", shlex.join(args), cwd or ".")
+    own = None
+    sink: IO[str] | None
+    if isinstance(log_file, Path):
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        own = sink = open(log_file, "a", encoding="utf-8")
+    else:
+        sink = log_file
+    chunks: list[str] = []
+    try:
+        if sink:
+            sink.write(f"$ {shlex.join(args)}\n")
+            sink.flush()
+        proc = subprocess.Popen(args, cwd=cwd, env=full_env, text=True, errors="replace",
+                                stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if input_text is not None:
+            assert proc.stdin
+            proc.stdin.write(input_text)
+            proc.stdin.close()
+        assert proc.stdout
+        try:
+            for line in proc.stdout:
+                chunks.append(line)
+                if sink:
+                    sink.write(line)
+            proc.wait(timeout=timeout)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    finally:
+        if own:
+            own.close()
+    result = CommandResult(args, proc.returncode, "".join(chunks))
+    if check and result.returncode != 0:
+        raise CommandFailed(result)
+    return result

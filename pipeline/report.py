@@ -1,0 +1,187 @@
+"""report: HTML (jinja2, autoescaped), a 72-column text summary and JSON, from results.json only."""
+from __future__ import annotations
+
+import html
+import json
+import math
+import shutil
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from .analysis import METRICS, analyze, fmt_num, fmt_p
+from .results import write_json_atomic
+
+TEMPLATES = Path(__file__).parent / "templates"
+WIDTH = 72
+
+
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
+                             autoescape=jinja2.select_autoescape(["html", "j2"], default=True),
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["num"] = fmt_num
+    env.filters["pval"] = fmt_p
+    env.filters["pct"] = lambda v: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:+.1f}%"
+    return env
+
+
+def load_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+    meta_path = run_dir / "metadata.json"
+    metadata = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
+    return results, metadata
+
+
+def report_url(base_url: str, run_id: str) -> str:
+    return f"{base_url.rstrip('/')}/{run_id}/index.html" if base_url else f"reports/{run_id}/index.html"
+
+
+def render_text(results: dict[str, Any], metadata: dict[str, Any], analysis: dict[str, Any] | None = None) -> str:
+    """A summary fit to paste into a mailing-list reply (72 columns)."""
+    a = analysis or analyze(results)
+    run_id = results.get("run_id", "?")
+    base_url = results.get("settings", {}).get("base_url", "")
+    out = []
+
+    def para(text: str) -> None:
+        out.extend(textwrap.wrap(text, WIDTH) or [""])
+
+    para(f"kpipe run {run_id}: guest boot time and host CPU of a KVM guest whose "
+         "firmware-style boot makes "
+         f"{_updates_hint(results)} memslot updates, on each candidate kernel, "
+         f"compared with '{a['baseline']}'.")
+    out.append("")
+    head = f"{'candidate':<24} {'n':>2} {'boot s':>7} {'change':>8} {'p':>7} {'CPU s':>6} {'change':>8}"
+    out.append(head)
+    out.append("-" * len(head))
+    for r in a["rows"]:
+        b = r["summaries"]["boot_s"]
+        cpu = r["summaries"]["host_cpu_s"]
+        cb = r["comparisons"].get("boot_s", {})
+        cc = r["comparisons"].get("host_cpu_s", {})
+        name = r["name"] if len(r["name"]) <= 24 else r["name"][:23] + "~"
+        if r["status"] != "ok":
+            out.append(f"{name:<24} {r['status']}")
+            continue
+        chg = "(base)" if r["is_baseline"] else _pct(cb.get("change_pct"))
+        cchg = "(base)" if r["is_baseline"] else _pct(cc.get("change_pct"))
+        pv = "" if r["is_baseline"] else fmt_p(cb.get("p_value", math.nan))
+        out.append(f"{name:<24} {r['n']:>2} {fmt_num(b['median']):>7} {chg:>8} {pv:>7} "
+                   f"{fmt_num(cpu['median']):>6} {cchg:>8}")
+    out.append("")
+    out.append("Verdicts (Mann-Whitney U, alpha %.2f, min effect %.0f%%;" % (a["alpha"], a["min_effect_pct"]))
+    out.append("medians with bootstrap 95% intervals):")
+    for r in a["rows"]:
+        if r["is_baseline"]:
+            continue
+        cb = r["comparisons"].get("boot_s", {})
+        cc = r["comparisons"].get("host_cpu_s", {})
+        if r["status"] != "ok":
+            line = f"  {r['name']}: {r['status']}"
+            if r["status_detail"]:
+                line += f" - {r['status_detail']}"
+            out.extend(textwrap.wrap(line, WIDTH, subsequent_indent="    "))
+            continue
+        line = (f"  {r['name']}: boot {cb['verdict']} {_pct(cb['change_pct'])} "
+                f"[{_pct(cb['change_ci_low'])}, {_pct(cb['change_ci_high'])}], "
+                f"host CPU {cc['verdict']} {_pct(cc['change_pct'])} "
+                f"[{_pct(cc['change_ci_low'])}, {_pct(cc['change_ci_high'])}]")
+        out.extend(textwrap.wrap(line, WIDTH, subsequent_indent="    "))
+    out.append("")
+    accel = metadata.get("accelerator", {}).get("name", "?")
+    th = metadata.get("test_host", {})
+    para(f"Test host: {th.get('cpus', '?')} CPUs, {th.get('memory_mb', '?')} MiB, QEMU accelerator {accel}; "
+         f"{metadata.get('compiler', '')}.")
+    para("host CPU = test-host CPU time over the guest boot (all CPUs, /proc/stat) minus the reader vCPUs' "
+         "own guest spinning.")
+    out.append("")
+    out.append(f"Full report: {report_url(base_url, run_id)}")
+    return "\n".join(line.rstrip() for line in out) + "\n"
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:+.1f}%"
+
+
+def _updates_hint(results: dict[str, Any]) -> str:
+    for c in results.get("candidates", {}).values():
+        for r in c.get("runs", []):
+            return str(int(r["metrics"]["updates"]))
+    return "thousands of"
+
+
+def render_json(results: dict[str, Any], metadata: dict[str, Any], analysis: dict[str, Any] | None = None) -> str:
+    a = analysis or analyze(results)
+    return json.dumps(_clean({"run_id": results.get("run_id"), "status": results.get("status"),
+                              "analysis": a, "metadata": metadata}), indent=1)
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def _copy_logs(run_dir: Path, out_dir: Path) -> None:
+    src = run_dir / "logs"
+    if src.is_dir():
+        dest = out_dir / "logs"
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(src, dest)
+
+
+def render_html(results: dict[str, Any], metadata: dict[str, Any], analysis: dict[str, Any] | None = None) -> str:
+    from .plots import all_plots
+
+    a = analysis or analyze(results)
+    order = [r["name"] for r in a["rows"]]
+    plots = all_plots(results, order) if any(r["n"] for r in a["rows"]) else {}
+    return _env().get_template("run.html.j2").render(
+        results=results, metadata=metadata, a=a, plots=plots, metrics=METRICS,
+        text_summary=render_text(results, metadata, a), specs=results.get("candidate_specs", {}))
+
+
+def write_report(run_dir: Path, reports_dir: Path) -> Path:
+    """Render every format for one run into reports/<run-id>/ and refresh reports/index.html."""
+    results, metadata = load_run(run_dir)
+    a = analyze(results)
+    out = reports_dir / results["run_id"]
+    out.mkdir(parents=True, exist_ok=True)
+    _copy_logs(run_dir, out)
+    shutil.copy2(run_dir / "results.json", out / "results.json")
+    if (run_dir / "metadata.json").exists():
+        shutil.copy2(run_dir / "metadata.json", out / "metadata.json")
+    (out / "summary.txt").write_text(render_text(results, metadata, a), encoding="utf-8")
+    (out / "summary.json").write_text(render_json(results, metadata, a), encoding="utf-8")
+    (out / "index.html").write_text(render_html(results, metadata, a), encoding="utf-8")
+    write_index(reports_dir)
+    return out
+
+
+def write_index(reports_dir: Path) -> Path:
+    entries = []
+    for d in sorted(reports_dir.iterdir(), reverse=True) if reports_dir.is_dir() else []:
+        s = d / "summary.json"
+        if not s.is_file():
+            continue
+        data = json.loads(s.read_text(encoding="utf-8"))
+        a = data.get("analysis", {})
+        entries.append({"run_id": d.name, "status": data.get("status"), "headline": a.get("headline", ""),
+                        "regressions": a.get("regressions", []), "failed": a.get("failed", [])})
+    path = reports_dir / "index.html"
+    path.write_text(_env().get_template("index.html.j2").render(entries=entries), encoding="utf-8")
+    return path
+
+
+def escape(text: str) -> str:
+    return html.escape(text)
+
+
+__all__ = ["write_report", "render_text", "render_json", "render_html", "write_index", "write_json_atomic"]

@@ -1,0 +1,311 @@
+"""The runner only orders the stages: fetch -> patch -> build -> boot -> run -> report."""
+from __future__ import annotations
+
+import logging
+import platform
+import shutil
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+from . import __version__
+from .boot import BootFailed, boot_test_host, choose_accelerator
+from .build import BuildArtifacts, BuildFailed, build_kernel, compiler_version
+from .config import Candidate, Config
+from .errors import InfraError, PipelineError, UserError
+from .executor import LocalExecutor
+from .fetch import FetchedTree, checkout_worktree, fetch_tree
+from .initramfs import Initramfs, build_initramfs
+from .patch import PatchedTree, PatchFailed, UnsafePatch, apply_changes, check_changes
+from .progress import Progress
+from .proc import run as run_cmd
+from .results import RunFolder, now_iso
+from .stats import summarize
+from .workload import WorkloadFailed, build_vmm, install_vmm, run_workload
+
+log = logging.getLogger(__name__)
+
+
+class Interrupted(BaseException):
+    """SIGTERM, turned into an exception so every cleanup path runs."""
+
+
+@dataclass
+class Prepared:
+    candidate: Candidate
+    patched: PatchedTree | None = None
+    artifacts: BuildArtifacts | None = None
+    alive: bool = True
+    boots: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _sigterm(signum: int, frame: object) -> None:
+    raise Interrupted(f"signal {signum}")
+
+
+def selected_candidates(cfg: Config, only: list[str] | None) -> list[Candidate]:
+    if not only:
+        return list(cfg.candidates)
+    names = set(only) | {cfg.baseline}
+    unknown = set(only) - {c.name for c in cfg.candidates}
+    if unknown:
+        raise UserError(f"--only: no candidate named {', '.join(sorted(unknown))}; candidates: "
+                        f"{', '.join(c.name for c in cfg.candidates)}")
+    return [c for c in cfg.candidates if c.name in names]
+
+
+def collect_metadata(cfg: Config, accel: tuple[str, str, str], trees: dict[str, FetchedTree]) -> dict[str, Any]:
+    qemu = shutil.which("qemu-system-x86_64")
+    qemu_version = run_cmd([qemu, "--version"]).output.splitlines()[0] if qemu else "not installed"
+    return {
+        "kpipe_version": __version__,
+        "config": str(cfg.source),
+        "host": {"hostname": socket.gethostname(), "platform": platform.platform(),
+                 "python": platform.python_version(), "cpus": _cpu_count(), "machine": platform.machine()},
+        "compiler": compiler_version(),
+        "qemu": qemu_version,
+        "accelerator": {"name": accel[0], "args": accel[1], "reason": accel[2]},
+        "test_host": {"cpus": cfg.test_host.cpus, "memory_mb": cfg.test_host.memory_mb,
+                      "cmdline": cfg.test_host.cmdline},
+        "workload": vars(cfg.workload),
+        "repetitions": vars(cfg.repetitions),
+        "trees": {n: {"origin": t.origin, "commit": t.commit} for n, t in trees.items()},
+    }
+
+
+def _cpu_count() -> int:
+    import os
+    return os.cpu_count() or 1
+
+
+class Runner:
+    def __init__(self, cfg: Config, folder: RunFolder, progress: Progress):
+        self.cfg = cfg
+        self.folder = folder
+        self.progress = progress
+        self.executor = LocalExecutor()
+        self.trees: dict[str, FetchedTree] = {}
+
+    # -- fetch, patch, build -------------------------------------------------
+    def prepare(self, cand: Candidate) -> Prepared:
+        prep = Prepared(cand)
+        name = cand.name
+        log_file = self.folder.log_path(name, "patch.log")
+        try:
+            check_changes(cand)
+        except (UnsafePatch, UserError) as exc:
+            self._fail(prep, "patch", "patch-failed", str(exc), str(exc))
+            return prep
+        t0 = time.monotonic()
+        try:
+            fetched = self.trees.get(cand.tree)
+            if fetched is None:
+                self.progress.say("fetch", name, f"tree {cand.tree}")
+                fetched = fetch_tree(self.cfg.trees[cand.tree], self.cfg.cache_dir,
+                                     self.folder.log_path("_trees", f"{cand.tree}.log"))
+                self.trees[cand.tree] = fetched
+                self.progress.say("fetch", name, f"tree {cand.tree} at {fetched.commit[:12]} "
+                                  f"({'reused' if fetched.reused else 'imported'} in {fetched.seconds:.1f} s)")
+            self.folder.record_stage(name, "fetch", {"status": "pass", "tree": cand.tree, "origin": fetched.origin,
+                                                     "commit": fetched.commit, "reused": fetched.reused,
+                                                     "seconds": round(fetched.seconds, 2)})
+            wt = checkout_worktree(fetched, name, self.cfg.cache_dir, log_file)
+        except UserError as exc:
+            self._fail(prep, "fetch", "infra-error", str(exc), str(exc))
+            return prep
+        try:
+            prep.patched = apply_changes(cand, wt, log_file)
+        except PatchFailed as exc:
+            self._fail(prep, "patch", "patch-failed", str(exc), exc.git_message,
+                       {"location": exc.location, "change": f"{exc.change.kind}: {exc.change.value}",
+                        "log": self.folder.relative(log_file)})
+            return prep
+        self.folder.record_stage(name, "patch", {"status": "pass", "seconds": round(time.monotonic() - t0, 2),
+                                                 "worktree": str(wt.path), "log": self.folder.relative(log_file),
+                                                 **prep.patched.as_dict()})
+        self.progress.say("patch", name, f"{len(cand.changes)} change(s) -> {prep.patched.commit[:12]}")
+        build_log = self.folder.log_path(name, "build.log")
+        self.progress.say("build", name, "building kernel (cached by content)")
+        try:
+            prep.artifacts = build_kernel(prep.patched, self.cfg.kernel, self.cfg.kernel.fragments,
+                                          self.cfg.cache_dir, build_log)
+        except BuildFailed as exc:
+            self._fail(prep, "build", "build-failed", str(exc).splitlines()[0], exc.excerpt,
+                       {"log": self.folder.relative(build_log)})
+            return prep
+        art = prep.artifacts
+        if art.cached and art.log.exists() and not build_log.exists():
+            shutil.copy2(art.log, build_log)
+        self.folder.record_stage(name, "build", {"status": "pass", **art.as_dict(),
+                                                 "log": self.folder.relative(build_log)})
+        self.progress.say("build", name, f"{art.kernel_release}: "
+                          f"{'cached' if art.cached else f'built in {art.seconds:.0f} s'}, {art.warnings} warnings")
+        return prep
+
+    def _fail(self, prep: Prepared, stage: str, status: str, message: str, excerpt: str,
+              extra: dict[str, Any] | None = None) -> None:
+        prep.alive = False
+        self.folder.record_stage(prep.candidate.name, stage, {"status": "fail", "message": message,
+                                                              "excerpt": excerpt[-6000:], **(extra or {})})
+        self.folder.set_status(prep.candidate.name, status, message.splitlines()[0][:300])
+        self.progress.say(stage, prep.candidate.name, f"FAILED ({status}): {message.splitlines()[0][:120]}")
+
+    # -- boot and run --------------------------------------------------------
+    def measure_once(self, prep: Prepared, initramfs: Initramfs, vmm: Path, accel: tuple[str, str, str],
+                     kind: str, round_idx: int) -> None:
+        """Boot the candidate's kernel, run one repetition, shut down; retry honest infra faults."""
+        name = prep.candidate.name
+        assert prep.artifacts and prep.patched
+        c = self.folder.candidate(name)
+        retries = self.cfg.repetitions.retries
+        for attempt in range(retries + 1):
+            tag = f"r{round_idx:02d}-a{attempt}"
+            t0 = time.monotonic()
+            try:
+                with boot_test_host(self.executor, prep.artifacts, initramfs, self.cfg.test_host,
+                                    prep.patched.cmdline, self.folder.path / "logs" / name, tag, accel) as host:
+                    prep.boots += 1
+                    if "boot" not in c["stages"]:
+                        self.folder.record_stage(name, "boot", {
+                            "status": "pass", "seconds": round(host.boot_seconds, 2), "accelerator": host.accelerator,
+                            "uname_r": host.info.get("uname_r"), "expected_release": prep.artifacts.kernel_release,
+                            "console_log": self.folder.relative(host.console_log),
+                            "cmdline_extra": list(prep.patched.cmdline)})
+                    if host.info.get("uname_r") != prep.artifacts.kernel_release:
+                        raise InfraError(f"test host runs {host.info.get('uname_r')}, "
+                                         f"expected {prep.artifacts.kernel_release}")
+                    install_vmm(host, vmm)
+                    result = run_workload(host, self.cfg.workload, self.cfg.test_host.cpus)
+                    entry = {"round": round_idx, "kind": kind, "attempt": attempt, "finished": now_iso(),
+                             "boot_to_ssh_s": round(host.boot_seconds, 2),
+                             "console_log": self.folder.relative(host.console_log), **result}
+                with self.folder._lock:
+                    c["runs" if kind == "counted" else "warmup_runs"].append(entry)
+                    if c["status"] == "pending":
+                        c["status"] = "ok"
+                    self.folder.save()
+                m = result["metrics"]
+                self.progress.step_done(time.monotonic() - t0)
+                self.progress.say("run", name, f"{kind} #{round_idx}: guest boot {m['boot_s']:.2f} s, "
+                                  f"host CPU {m['host_cpu_s']:.2f} s, {int(m['updates'])} updates, "
+                                  f"{int(m['updates_over_2ms'])} over 2 ms")
+                return
+            except BootFailed as exc:
+                retryable = exc.status == "boot-timeout" and attempt < retries
+                self._record_retry(c, tag, exc.status, str(exc), exc.excerpt)
+                if not retryable:
+                    self._fail(prep, "boot", exc.status, str(exc).splitlines()[0], exc.excerpt)
+                    self.progress.step_done(time.monotonic() - t0)
+                    return
+            except WorkloadFailed as exc:
+                self._record_retry(c, tag, "workload-failed", str(exc).splitlines()[0], exc.output)
+                if not (exc.infrastructure and attempt < retries):
+                    self._fail(prep, "run", "workload-failed", str(exc).splitlines()[0], exc.output)
+                    self.progress.step_done(time.monotonic() - t0)
+                    return
+            except (InfraError, paramiko.SSHException, socket.error, EOFError) as exc:
+                self._record_retry(c, tag, "infra-error", f"{type(exc).__name__}: {exc}", "")
+                if attempt >= retries:
+                    self._fail(prep, "run", "infra-error", f"{type(exc).__name__}: {exc}", "")
+                    self.progress.step_done(time.monotonic() - t0)
+                    return
+            self.progress.say("retry", name, f"attempt {attempt + 1} of {retries} after an infrastructure fault")
+
+    def _record_retry(self, c: dict[str, Any], tag: str, status: str, message: str, excerpt: str) -> None:
+        with self.folder._lock:
+            c.setdefault("retries", []).append({"attempt": tag, "status": status, "message": message[:500],
+                                                "excerpt": excerpt[-3000:], "at": now_iso()})
+            self.folder.save()
+
+    def measure_all(self, preps: list[Prepared], initramfs: Initramfs, vmm: Path,
+                    accel: tuple[str, str, str]) -> None:
+        reps = self.cfg.repetitions
+        rounds = reps.warmup + reps.counted
+        live = [p for p in preps if p.alive]
+        self.progress.plan(rounds * len(live))
+        for r in range(rounds):
+            kind = "warmup" if r < reps.warmup else "counted"
+            for prep in live:  # interleaved: A B C A B C ...
+                if prep.alive:
+                    self.measure_once(prep, initramfs, vmm, accel, kind, r)
+        # Adaptive repetitions: more rounds for candidates whose interval is still wide.
+        r = rounds
+        while reps.target_ci_pct > 0:
+            wide = [p for p in live if p.alive and self._needs_more(p)]
+            if not wide:
+                break
+            self.progress.plan(self.progress.total_steps + len(wide))
+            for prep in wide:
+                self.measure_once(prep, initramfs, vmm, accel, "counted", r)
+            r += 1
+        for prep in live:
+            c = self.folder.candidate(prep.candidate.name)
+            n = len(c["runs"])
+            if reps.target_ci_pct <= 0:
+                why = f"fixed count of {reps.counted}"
+            elif n >= reps.max_counted:
+                why = f"reached max_counted={reps.max_counted}"
+            else:
+                why = f"95% interval narrower than {reps.target_ci_pct}% of the median"
+            c["stop_reason"] = why if prep.alive else "candidate failed"
+        self.folder.save()
+
+    def _needs_more(self, prep: Prepared) -> bool:
+        runs = self.folder.candidate(prep.candidate.name)["runs"]
+        if len(runs) >= self.cfg.repetitions.max_counted:
+            return False
+        s = summarize([x["metrics"]["boot_s"] for x in runs], self.cfg.report.bootstrap_resamples)
+        return s.ci_width_pct > self.cfg.repetitions.target_ci_pct
+
+
+def run_pipeline(cfg: Config, only: list[str] | None = None, progress: Progress | None = None,
+                 run_id: str | None = None) -> RunFolder:
+    """Run every selected candidate through every stage; return the run folder."""
+    progress = progress or Progress()
+    cands = selected_candidates(cfg, only)
+    folder = RunFolder.create(cfg.runs_dir, run_id)
+    folder.results.update({"baseline": cfg.baseline, "config": str(cfg.source),
+                           "candidate_order": [c.name for c in cands],
+                           "candidate_specs": {c.name: {"tree": c.tree, "description": c.description,
+                                                        "changes": [{"kind": ch.kind, "value": ch.value}
+                                                                    for ch in c.changes]} for c in cands},
+                           "settings": {"alpha": cfg.report.alpha, "min_effect_pct": cfg.report.min_effect_pct,
+                                        "bootstrap_resamples": cfg.report.bootstrap_resamples,
+                                        "base_url": cfg.report.base_url}})
+    for c in cands:
+        folder.candidate(c.name)
+    folder.save()
+    progress.say("run", "-", f"run {folder.run_id} in {folder.path}")
+    old_term = signal.signal(signal.SIGTERM, _sigterm)
+    runner = Runner(cfg, folder, progress)
+    try:
+        accel = choose_accelerator(cfg.test_host.accelerator)
+        progress.say("boot", "-", f"accelerator: {accel[2]}")
+        preps = [runner.prepare(c) for c in cands]
+        folder.write_metadata(collect_metadata(cfg, accel, runner.trees))
+        if any(p.alive for p in preps):
+            initramfs = build_initramfs(cfg.test_host.initramfs_recipe, cfg.cache_dir,
+                                        folder.log_path("_host", "initramfs.log"))
+            vmm = build_vmm(cfg.cache_dir, folder.log_path("_host", "vmm.log"))
+            runner.measure_all(preps, initramfs, vmm, accel)
+        folder.results["status"] = "finished"
+    except (KeyboardInterrupt, Interrupted) as exc:
+        folder.results["status"] = "interrupted"
+        folder.results["status_detail"] = f"stopped by {type(exc).__name__} {exc}".strip()
+        raise
+    except PipelineError as exc:
+        folder.results["status"] = "error"
+        folder.results["status_detail"] = str(exc)
+        raise
+    finally:
+        LocalExecutor.kill_all()
+        signal.signal(signal.SIGTERM, old_term)
+        folder.results["finished"] = now_iso()
+        folder.save()
+    return folder

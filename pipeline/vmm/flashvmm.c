@@ -1,0 +1,531 @@
+// SPDX-License-Identifier: MIT
+/*
+ * flashvmm: a tiny KVM VMM that replays the memslot churn of a firmware boot
+ * on QEMU's pflash device.
+ *
+ * The guest (16-bit real mode) loops over a "flash program" sequence: it
+ * writes a command to the flash region, which is mapped as a read-only
+ * memslot, so the write exits to us and we delete the memslot (I/O mode).
+ * The guest then reads the status register; with no memslot that read exits
+ * too and we re-add the memslot (ROM mode) before answering "ready".  The
+ * guest checks that the ROM content is visible again and goes on.  Every
+ * cycle therefore makes two KVM_SET_USER_MEMORY_REGION calls, each ending in
+ * synchronize_srcu_expedited(&kvm->srcu) in the host kernel.
+ *
+ * Extra vCPUs keep running guest code meanwhile (kvm->srcu readers), and a
+ * number of static memslots can be held live to model a large guest.
+ *
+ * Output: one JSON document on stdout.  Exit 0 on success, 1 on a usage or
+ * KVM error, 2 if the guest reported a failure, 3 on watchdog timeout.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/kvm.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#define RAM_SIZE        0x80000UL       /* 512 KiB of guest RAM at GPA 0 */
+#define FLASH_GPA       0x80000UL       /* flash right above it */
+#define FLASH_SIZE      0x10000UL       /* 64 KiB */
+#define FLASH_BYTE      0xA5
+#define STATIC_GPA      0x100000UL      /* static slots start at 1 MiB */
+#define SLOT_RAM        0
+#define SLOT_FLASH      1
+#define SLOT_STATIC0    2
+#define PORT_BOOTED     0xF1
+#define PORT_FAILED     0xF2
+#define PORT_SPIN       0xF3
+#define FLASH_CODE_GPA  0x1000
+#define SPIN_IO_GPA     0x2000
+#define SPIN_LOOP_GPA   0x2010
+#define MAX_SPINNERS    16
+#define MAX_CPUS        64
+#define TIMELINE_POINTS 20
+#define SLEEP_NS        2000000ULL      /* an update over 2 ms slept */
+
+/* Hand-assembled real-mode code; see the comment block above each. */
+static const uint8_t flash_code[] = {
+	0xB8, 0x00, 0x80,               /* mov ax, 0x8000            */
+	0x8E, 0xD8,                     /* mov ds, ax                */
+	/* loop: */
+	0xC6, 0x06, 0x00, 0x00, 0x40,   /* mov byte [0], 0x40  ; cmd */
+	0xA0, 0x00, 0x00,               /* mov al, [0]     ; status  */
+	0xA8, 0x80,                     /* test al, 0x80             */
+	0x74, 0x12,                     /* jz fail                   */
+	0x8A, 0x26, 0x02, 0x00,         /* mov ah, [2]     ; ROM     */
+	0x80, 0xFC, FLASH_BYTE,         /* cmp ah, 0xA5              */
+	0x75, 0x09,                     /* jne fail                  */
+	0x66, 0x49,                     /* dec ecx                   */
+	0x75, 0xE7,                     /* jnz loop                  */
+	0xE6, PORT_BOOTED,              /* out 0xF1, al              */
+	0xF4,                           /* hlt                       */
+	0xEB, 0xFE,                     /* jmp $                     */
+	/* fail: */
+	0xE6, PORT_FAILED,              /* out 0xF2, al              */
+	0xF4,                           /* hlt                       */
+};
+static const uint8_t spin_io_code[] = {
+	0xE6, PORT_SPIN,                /* out 0xF3, al */
+	0xEB, 0xFC,                     /* jmp back     */
+};
+static const uint8_t spin_loop_code[] = { 0xEB, 0xFE };  /* jmp $ */
+
+struct options {
+	long cycles;
+	long static_slots;
+	int spinners;
+	int spin_io;            /* 1: spinners exit on port I/O, 0: pure loop */
+	int flash_cpu;          /* -1: not pinned */
+	int spinner_cpu;        /* -1: not pinned */
+	int timeout_s;
+};
+
+struct cpu_times { unsigned long long v[8]; };  /* user nice system idle iowait irq softirq steal */
+
+struct spinner {
+	pthread_t thread;
+	int fd;
+	struct kvm_run *run;
+	int cpu_wanted;
+	volatile int cpu_seen;
+	volatile unsigned long long exits;
+	volatile int error;
+	unsigned long long cpu_ns;      /* this vCPU thread's CPU time */
+};
+
+static int kvm_fd, vm_fd;
+static size_t run_size;
+static volatile int stop_spinners;
+static volatile long progress_updates;
+
+static void die(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	printf("{\"status\": \"error\", \"error\": \"");
+	vprintf(fmt, ap);
+	printf(": %s\"}\n", strerror(errno));
+	va_end(ap);
+	fflush(stdout);
+	exit(1);
+}
+
+static unsigned long long thread_cpu_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return (unsigned long long)ts.tv_sec * 1000000000ULL + ts.tv_nsec;
+}
+
+static unsigned long long now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (unsigned long long)ts.tv_sec * 1000000000ULL + ts.tv_nsec;
+}
+
+static int read_proc_stat(struct cpu_times *t, int max)
+{
+	char line[512];
+	int n = 0;
+	FILE *f = fopen("/proc/stat", "r");
+
+	if (!f)
+		die("open /proc/stat");
+	/* t[0] is the aggregate line, t[1..] the CPUs in order. */
+	while (fgets(line, sizeof(line), f) && n < max) {
+		if (strncmp(line, "cpu", 3))
+			break;
+		char *p = strchr(line, ' ');
+		memset(&t[n], 0, sizeof(t[n]));
+		sscanf(p, "%llu %llu %llu %llu %llu %llu %llu %llu",
+		       &t[n].v[0], &t[n].v[1], &t[n].v[2], &t[n].v[3],
+		       &t[n].v[4], &t[n].v[5], &t[n].v[6], &t[n].v[7]);
+		n++;
+	}
+	fclose(f);
+	return n;
+}
+
+static void pin_to(int cpu)
+{
+	cpu_set_t set;
+
+	if (cpu < 0)
+		return;
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	if (sched_setaffinity(0, sizeof(set), &set))
+		die("sched_setaffinity(%d)", cpu);
+}
+
+static void set_slot(int slot, unsigned long gpa, unsigned long size, void *hva, int flags)
+{
+	struct kvm_userspace_memory_region r = {
+		.slot = slot, .flags = flags, .guest_phys_addr = gpa,
+		.memory_size = size, .userspace_addr = (unsigned long)hva,
+	};
+
+	if (ioctl(vm_fd, KVM_SET_USER_MEMORY_REGION, &r))
+		die("KVM_SET_USER_MEMORY_REGION slot %d size %lu", slot, size);
+}
+
+static int create_vcpu(int id, unsigned long rip, unsigned long rcx, struct kvm_run **run)
+{
+	struct kvm_sregs sregs;
+	struct kvm_regs regs;
+	int fd = ioctl(vm_fd, KVM_CREATE_VCPU, id);
+
+	if (fd < 0)
+		die("KVM_CREATE_VCPU %d", id);
+	*run = mmap(NULL, run_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (*run == MAP_FAILED)
+		die("mmap kvm_run");
+	if (ioctl(fd, KVM_GET_SREGS, &sregs))
+		die("KVM_GET_SREGS");
+	/* Flat real mode: every segment at base 0. */
+	sregs.cs.base = 0;
+	sregs.cs.selector = 0;
+	sregs.ds = sregs.es = sregs.ss = sregs.fs = sregs.gs = sregs.cs;
+	sregs.ds.type = sregs.es.type = sregs.ss.type = 3;
+	sregs.fs.type = sregs.gs.type = 3;
+	if (ioctl(fd, KVM_SET_SREGS, &sregs))
+		die("KVM_SET_SREGS");
+	memset(&regs, 0, sizeof(regs));
+	regs.rip = rip;
+	regs.rcx = rcx;
+	regs.rsp = 0x7000;
+	regs.rflags = 2;
+	if (ioctl(fd, KVM_SET_REGS, &regs))
+		die("KVM_SET_REGS");
+	return fd;
+}
+
+static void kick(int sig)
+{
+	(void)sig;
+}
+
+static void *spinner_main(void *arg)
+{
+	struct spinner *s = arg;
+
+	pin_to(s->cpu_wanted);
+	s->cpu_seen = sched_getcpu();
+	while (!stop_spinners) {
+		if (ioctl(s->fd, KVM_RUN, 0) < 0) {
+			if (errno == EINTR)
+				continue;
+			s->error = errno;
+			break;
+		}
+		if (s->run->exit_reason == KVM_EXIT_IO && s->run->io.port == PORT_SPIN) {
+			s->exits++;
+			continue;
+		}
+		if (s->run->exit_reason == KVM_EXIT_INTR)
+			continue;
+		s->error = 1000 + s->run->exit_reason;
+		break;
+	}
+	s->cpu_seen = sched_getcpu();
+	s->cpu_ns = thread_cpu_ns();
+	return NULL;
+}
+
+static void *watchdog_main(void *arg)
+{
+	int timeout = *(int *)arg;
+
+	sleep(timeout);
+	printf("{\"status\": \"timeout\", \"timeout_s\": %d, \"updates_done\": %ld}\n",
+	       timeout, progress_updates);
+	fflush(stdout);
+	_exit(3);
+	return NULL;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	unsigned long long x = *(const unsigned long long *)a, y = *(const unsigned long long *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static void print_cpu_times(const char *name, struct cpu_times *a, struct cpu_times *b, int n)
+{
+	static const char *field[] = { "user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal" };
+
+	printf("  \"%s\": [", name);
+	for (int i = 0; i < n; i++) {
+		if (i)
+			printf(", {\"cpu\": \"cpu%d\"", i - 1);
+		else
+			printf("{\"cpu\": \"all\"");
+		for (int f = 0; f < 8; f++)
+			printf(", \"%s\": %llu", field[f], b[i].v[f] - a[i].v[f]);
+		printf("}");
+	}
+	printf("],\n");
+}
+
+static void usage(void)
+{
+	fprintf(stderr,
+		"usage: flashvmm [--cycles N] [--static-slots N] [--spinners N]\n"
+		"                [--spin-mode io|loop] [--flash-cpu C] [--spinner-cpu C]\n"
+		"                [--timeout SECONDS]\n");
+	exit(1);
+}
+
+static void parse_args(int argc, char **argv, struct options *o)
+{
+	o->cycles = 6000;
+	o->static_slots = 0;
+	o->spinners = 1;
+	o->spin_io = 1;
+	o->flash_cpu = -1;
+	o->spinner_cpu = -1;
+	o->timeout_s = 600;
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+
+		if (!v)
+			usage();
+		if (!strcmp(a, "--cycles"))
+			o->cycles = atol(v);
+		else if (!strcmp(a, "--static-slots"))
+			o->static_slots = atol(v);
+		else if (!strcmp(a, "--spinners"))
+			o->spinners = atoi(v);
+		else if (!strcmp(a, "--spin-mode"))
+			o->spin_io = !strcmp(v, "io");
+		else if (!strcmp(a, "--flash-cpu"))
+			o->flash_cpu = atoi(v);
+		else if (!strcmp(a, "--spinner-cpu"))
+			o->spinner_cpu = atoi(v);
+		else if (!strcmp(a, "--timeout"))
+			o->timeout_s = atoi(v);
+		else
+			usage();
+		i++;
+	}
+	if (o->cycles < 1 || o->static_slots < 0 || o->spinners < 0 ||
+	    o->spinners > MAX_SPINNERS || o->timeout_s < 1)
+		usage();
+}
+
+int main(int argc, char **argv)
+{
+	unsigned long long t_start = now_ns(), t_setup_done, t_end;
+	unsigned long long timeline[TIMELINE_POINTS];
+	struct cpu_times stat0[MAX_CPUS + 1], stat1[MAX_CPUS + 1];
+	struct spinner spinners[MAX_SPINNERS];
+	struct options o;
+	struct kvm_run *run;
+	struct rusage ru;
+	pthread_t watchdog;
+	long updates = 0, mmio_writes = 0, mmio_reads = 0, other_exits = 0;
+	char failure[256] = "";
+	long nslots_cap;
+	unsigned long long flash_thread_ns;
+	int ncpu_lines, flash_fd, guest_status = 0, flash_cpu_seen;
+	uint8_t *ram, *flash, *static_page;
+	unsigned long long *lat;
+
+	parse_args(argc, argv, &o);
+	signal(SIGUSR1, kick);
+	{
+		struct sigaction sa = { .sa_handler = kick };
+		sigaction(SIGUSR1, &sa, NULL);  /* no SA_RESTART: KVM_RUN returns EINTR */
+	}
+	pthread_create(&watchdog, NULL, watchdog_main, &o.timeout_s);
+	pin_to(o.flash_cpu);
+	ncpu_lines = read_proc_stat(stat0, MAX_CPUS + 1);
+
+	kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+	if (kvm_fd < 0)
+		die("open /dev/kvm");
+	if (ioctl(kvm_fd, KVM_GET_API_VERSION, 0) != KVM_API_VERSION)
+		die("unexpected KVM API version");
+	if (ioctl(kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_READONLY_MEM) <= 0) {
+		errno = ENOTSUP;
+		die("KVM_CAP_READONLY_MEM not supported");
+	}
+	nslots_cap = ioctl(kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_NR_MEMSLOTS);
+	if (nslots_cap > 0 && o.static_slots + SLOT_STATIC0 > nslots_cap) {
+		errno = ERANGE;
+		die("--static-slots %ld exceeds KVM_CAP_NR_MEMSLOTS %ld", o.static_slots, nslots_cap);
+	}
+	vm_fd = ioctl(kvm_fd, KVM_CREATE_VM, 0);
+	if (vm_fd < 0)
+		die("KVM_CREATE_VM");
+	run_size = ioctl(kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
+
+	ram = mmap(NULL, RAM_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	flash = mmap(NULL, FLASH_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	static_page = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	lat = calloc(2 * o.cycles, sizeof(*lat));
+	if (ram == MAP_FAILED || flash == MAP_FAILED || static_page == MAP_FAILED || !lat)
+		die("allocating guest memory");
+	memcpy(ram + FLASH_CODE_GPA, flash_code, sizeof(flash_code));
+	memcpy(ram + SPIN_IO_GPA, spin_io_code, sizeof(spin_io_code));
+	memcpy(ram + SPIN_LOOP_GPA, spin_loop_code, sizeof(spin_loop_code));
+	memset(flash, FLASH_BYTE, FLASH_SIZE);
+	set_slot(SLOT_RAM, 0, RAM_SIZE, ram, 0);
+	set_slot(SLOT_FLASH, FLASH_GPA, FLASH_SIZE, flash, KVM_MEM_READONLY);
+	/* All static slots share one host page: KVM allows aliased HVAs. */
+	for (long i = 0; i < o.static_slots; i++)
+		set_slot(SLOT_STATIC0 + i, STATIC_GPA + i * 4096, 4096, static_page, 0);
+
+	flash_fd = create_vcpu(0, FLASH_CODE_GPA, o.cycles, &run);
+	for (int i = 0; i < o.spinners; i++) {
+		struct spinner *s = &spinners[i];
+
+		memset(s, 0, sizeof(*s));
+		s->fd = create_vcpu(1 + i, o.spin_io ? SPIN_IO_GPA : SPIN_LOOP_GPA, 0, &s->run);
+		s->cpu_wanted = o.spinner_cpu;
+		s->cpu_seen = -1;
+	}
+	t_setup_done = now_ns();
+	for (int i = 0; i < o.spinners; i++)
+		pthread_create(&spinners[i].thread, NULL, spinner_main, &spinners[i]);
+
+	for (int p = 0; p < TIMELINE_POINTS; p++)
+		timeline[p] = 0;
+	while (!guest_status) {
+		if (ioctl(flash_fd, KVM_RUN, 0) < 0) {
+			if (errno == EINTR)
+				continue;
+			die("KVM_RUN (flash vCPU)");
+		}
+		switch (run->exit_reason) {
+		case KVM_EXIT_MMIO: {
+			unsigned long long t0, t1;
+			int is_write = run->mmio.is_write;
+
+			if (run->mmio.phys_addr < FLASH_GPA || run->mmio.phys_addr >= FLASH_GPA + FLASH_SIZE) {
+				snprintf(failure, sizeof(failure), "MMIO %s at 0x%llx outside the flash",
+					 is_write ? "write" : "read", (unsigned long long)run->mmio.phys_addr);
+				other_exits++;
+				guest_status = 2;
+				break;
+			}
+			if (updates >= 2 * o.cycles) {
+				snprintf(failure, sizeof(failure), "more flash accesses than cycles");
+				guest_status = 2;
+				break;
+			}
+			t0 = now_ns();
+			if (is_write) {
+				set_slot(SLOT_FLASH, FLASH_GPA, 0, flash, KVM_MEM_READONLY);
+				mmio_writes++;
+			} else {
+				set_slot(SLOT_FLASH, FLASH_GPA, FLASH_SIZE, flash, KVM_MEM_READONLY);
+				memset(run->mmio.data, 0, sizeof(run->mmio.data));
+				run->mmio.data[0] = 0x80;       /* status: ready */
+				mmio_reads++;
+			}
+			t1 = now_ns();
+			lat[updates++] = t1 - t0;
+			progress_updates = updates;
+			if (updates % ((2 * o.cycles + TIMELINE_POINTS - 1) / TIMELINE_POINTS) == 0 ||
+			    updates == 2 * o.cycles) {
+				int p = (int)((updates * TIMELINE_POINTS - 1) / (2 * o.cycles));
+				timeline[p] = t1 - t_setup_done;
+			}
+			break;
+		}
+		case KVM_EXIT_IO:
+			if (run->io.port == PORT_BOOTED)
+				guest_status = 1;
+			else if (run->io.port == PORT_FAILED) {
+				snprintf(failure, sizeof(failure), "guest check failed after %ld updates", updates);
+				guest_status = 2;
+			} else {
+				other_exits++;
+			}
+			break;
+		case KVM_EXIT_INTR:
+			break;
+		default: {
+			struct kvm_regs regs;
+
+			ioctl(flash_fd, KVM_GET_REGS, &regs);
+			snprintf(failure, sizeof(failure), "unexpected exit reason %u (suberror %u) at rip 0x%llx",
+				 run->exit_reason, run->exit_reason == KVM_EXIT_INTERNAL_ERROR ?
+				 run->internal.suberror : 0, (unsigned long long)regs.rip);
+			other_exits++;
+			guest_status = 2;
+		}
+			break;
+		}
+	}
+	t_end = now_ns();
+	flash_cpu_seen = sched_getcpu();
+	flash_thread_ns = thread_cpu_ns();
+	stop_spinners = 1;
+	for (int i = 0; i < o.spinners; i++) {
+		spinners[i].run->immediate_exit = 1;
+		pthread_kill(spinners[i].thread, SIGUSR1);
+		pthread_join(spinners[i].thread, NULL);
+	}
+	read_proc_stat(stat1, MAX_CPUS + 1);
+	getrusage(RUSAGE_SELF, &ru);
+
+	unsigned long long sum = 0, slept = 0;
+	for (long i = 0; i < updates; i++) {
+		sum += lat[i];
+		slept += lat[i] > SLEEP_NS;
+	}
+	qsort(lat, updates, sizeof(*lat), cmp_u64);
+#define PCT(q) (updates ? lat[(long)((q) * (updates - 1))] : 0)
+
+	printf("{\n  \"status\": \"%s\",\n", guest_status == 1 ? "ok" : "guest-failed");
+	printf("  \"tool\": \"flashvmm\", \"version\": 1,\n  \"failure\": \"%s\",\n", failure);
+	printf("  \"params\": {\"cycles\": %ld, \"static_slots\": %ld, \"spinners\": %d, "
+	       "\"spin_mode\": \"%s\", \"flash_cpu\": %d, \"spinner_cpu\": %d},\n",
+	       o.cycles, o.static_slots, o.spinners, o.spin_io ? "io" : "loop",
+	       o.flash_cpu, o.spinner_cpu);
+	printf("  \"boot_ns\": %llu,\n  \"setup_ns\": %llu,\n  \"flash_ns\": %llu,\n",
+	       t_end - t_start, t_setup_done - t_start, t_end - t_setup_done);
+	printf("  \"updates\": %ld,\n  \"mmio_write_exits\": %ld,\n  \"mmio_read_exits\": %ld,\n"
+	       "  \"other_exits\": %ld,\n", updates, mmio_writes, mmio_reads, other_exits);
+	printf("  \"update_ns\": {\"sum\": %llu, \"p50\": %llu, \"p90\": %llu, \"p99\": %llu, "
+	       "\"max\": %llu, \"min\": %llu, \"over_2ms\": %llu},\n",
+	       sum, PCT(0.50), PCT(0.90), PCT(0.99), updates ? lat[updates - 1] : 0,
+	       updates ? lat[0] : 0, slept);
+	printf("  \"timeline_ns\": [");
+	for (int p = 0; p < TIMELINE_POINTS; p++)
+		printf("%s%llu", p ? ", " : "", timeline[p]);
+	printf("],\n");
+	printf("  \"spinners_detail\": [");
+	for (int i = 0; i < o.spinners; i++)
+		printf("%s{\"exits\": %llu, \"cpu\": %d, \"error\": %d, \"cpu_ns\": %llu}", i ? ", " : "",
+		       spinners[i].exits, spinners[i].cpu_seen, spinners[i].error, spinners[i].cpu_ns);
+	printf("],\n  \"flash_cpu_seen\": %d,\n  \"flash_thread_cpu_ns\": %llu,\n", flash_cpu_seen,
+	       flash_thread_ns);
+	printf("  \"clk_tck\": %ld,\n", sysconf(_SC_CLK_TCK));
+	print_cpu_times("proc_stat_delta", stat0, stat1, ncpu_lines);
+	printf("  \"rusage\": {\"user_us\": %lld, \"system_us\": %lld, \"nvcsw\": %ld, \"nivcsw\": %ld}\n}\n",
+	       (long long)ru.ru_utime.tv_sec * 1000000 + ru.ru_utime.tv_usec,
+	       (long long)ru.ru_stime.tv_sec * 1000000 + ru.ru_stime.tv_usec,
+	       ru.ru_nvcsw, ru.ru_nivcsw);
+	fflush(stdout);
+	return guest_status == 1 ? 0 : 2;
+}

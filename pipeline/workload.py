@@ -1,0 +1,124 @@
+"""run: the flash-boot workload (pipeline/vmm/flashvmm.c) inside a booted test host.
+
+The VMM is compiled statically once per source hash, copied into the test
+host over SFTP and run over SSH; its JSON is parsed into a `WorkloadResult`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .boot import BootedHost
+from .config import Workload
+from .errors import InfraError, PipelineError
+from .proc import run
+
+VMM_SOURCE = Path(__file__).parent / "vmm" / "flashvmm.c"
+REMOTE_VMM = "/tmp/flashvmm"
+BUSY_FIELDS = ("user", "nice", "system", "irq", "softirq", "steal")
+
+
+class WorkloadFailed(PipelineError):
+    """The VMM ran but reported a failure (guest check, KVM error, watchdog)."""
+
+    def __init__(self, message: str, output: str, infrastructure: bool = False):
+        self.output = output
+        self.infrastructure = infrastructure
+        super().__init__(f"{message}\n{output[-2000:]}")
+
+
+def build_vmm(cache_dir: Path, log_file: Path | None = None) -> Path:
+    """Compile flashvmm statically, cached by the hash of its source."""
+    digest = hashlib.sha256(VMM_SOURCE.read_bytes()).hexdigest()[:16]
+    out = cache_dir / "tools" / f"flashvmm-{digest}"
+    if out.exists():
+        return out
+    if not shutil.which("gcc"):
+        raise InfraError("gcc not found; install it with 'apt-get install build-essential'")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    run(["gcc", "-O2", "-Wall", "-Wextra", "-static", "-pthread", "-o", tmp, VMM_SOURCE], log_file=log_file)
+    tmp.replace(out)
+    return out
+
+
+def vmm_argv(binary: str, w: Workload, cpus: int) -> list[str]:
+    argv = [binary, "--cycles", str(w.cycles), "--static-slots", str(w.static_slots),
+            "--spinners", str(w.spinners), "--spin-mode", w.spin_mode, "--timeout", str(w.timeout_s)]
+    if w.pin and cpus >= 2:
+        # Flash vCPU and SRCU-reader vCPUs on distinct test-host CPUs: placement
+        # otherwise moves totals by up to 4x whatever the kernel.
+        argv += ["--flash-cpu", "0", "--spinner-cpu", "1"]
+    return argv
+
+
+def derive_metrics(raw: dict[str, Any]) -> dict[str, float]:
+    """The figures the report compares, from the VMM's JSON."""
+    clk = float(raw.get("clk_tck") or 100)
+    total = next(c for c in raw["proc_stat_delta"] if c["cpu"] == "all")
+    busy_s = sum(total.get(k, 0) for k in BUSY_FIELDS) / clk
+    idle_s = (total.get("idle", 0) + total.get("iowait", 0)) / clk
+    ru = raw["rusage"]
+    vmm_s = (ru["user_us"] + ru["system_us"]) / 1e6
+    spin_s = sum(s.get("cpu_ns", 0) for s in raw.get("spinners_detail", [])) / 1e9
+    upd = raw["update_ns"]
+    return {
+        "boot_s": raw["boot_ns"] / 1e9,
+        "flash_s": raw["flash_ns"] / 1e9,
+        "setup_s": raw["setup_ns"] / 1e9,
+        # Test-host CPU spent on the boot, without the reader vCPUs' own guest
+        # spinning (which only lasts as long as the boot does).
+        "host_cpu_s": max(0.0, busy_s - spin_s),
+        "host_busy_s": busy_s,
+        "host_idle_s": idle_s,
+        "vmm_cpu_s": vmm_s,
+        "flash_thread_cpu_s": raw.get("flash_thread_cpu_ns", 0) / 1e9,
+        "spinner_cpu_s": spin_s,
+        "other_cpu_s": max(0.0, busy_s - vmm_s),  # kworkers (SRCU polling) and the rest
+        "updates": float(raw["updates"]),
+        "update_p50_us": upd["p50"] / 1e3,
+        "update_p90_us": upd["p90"] / 1e3,
+        "update_p99_us": upd["p99"] / 1e3,
+        "update_max_us": upd["max"] / 1e3,
+        "update_sum_s": upd["sum"] / 1e9,
+        "updates_over_2ms": float(upd["over_2ms"]),
+    }
+
+
+def parse_output(stdout: str) -> dict[str, Any]:
+    """Parse the VMM's JSON document; raise WorkloadFailed if there is none."""
+    start = stdout.find("{")
+    if start < 0:
+        raise WorkloadFailed("the workload printed no JSON", stdout, infrastructure=True)
+    try:
+        raw = json.loads(stdout[start:])
+    except json.JSONDecodeError as exc:
+        raise WorkloadFailed(f"the workload's JSON is malformed: {exc}", stdout, infrastructure=True) from None
+    return raw
+
+
+def install_vmm(host: BootedHost, vmm: Path) -> None:
+    host.connection.put(str(vmm), REMOTE_VMM)
+    res = host.run(["chmod", "755", REMOTE_VMM], timeout=60)
+    if not res.ok:
+        raise InfraError(f"cannot install the VMM in the test host: {res.stderr}")
+
+
+def run_workload(host: BootedHost, w: Workload, cpus: int) -> dict[str, Any]:
+    """Run one repetition; return {'raw': ..., 'metrics': ...} or raise WorkloadFailed."""
+    argv = vmm_argv(REMOTE_VMM, w, cpus)
+    res = host.run(argv, timeout=w.timeout_s + 60)
+    raw = parse_output(res.stdout)
+    status = raw.get("status")
+    if status == "timeout":
+        # FACTS: a nested TCG vCPU can get stuck; an infrastructure failure, retried.
+        raise WorkloadFailed(f"workload watchdog fired after {raw.get('timeout_s')} s", res.stdout,
+                             infrastructure=True)
+    if status != "ok":
+        raise WorkloadFailed(f"workload reported {status}: {raw.get('failure') or raw.get('error')}",
+                             res.stdout + res.stderr, infrastructure=status == "guest-failed")
+    return {"raw": raw, "metrics": derive_metrics(raw), "argv": argv}

@@ -1,0 +1,126 @@
+"""pipeline.yaml errors, one by one: each names the key path and the line."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_config
+from pipeline.errors import ConfigError
+
+GOOD = """\
+trees:
+  t:
+    git: {repo}
+    ref: master
+baseline: base
+candidates:
+  - name: base
+    tree: t
+  - name: other
+    tree: t
+    changes:
+      - patch: p.patch
+      - cmdline: srcutree.srcu_max_nodelay_phase=1
+workload:
+  cycles: 10
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "p.patch").write_text("--- a/x\n+++ b/x\n@@ -1 +1 @@\n-a\n+b\n")
+    (tmp_path / "vm-templates" / "qemu").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "vm-templates" / "initramfs").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "vm-templates" / "qemu" / "x86_64.cmd.j2").write_text("{{ qemu }}\n")
+    (tmp_path / "vm-templates" / "initramfs" / "recipe.yaml").write_text("{}\n")
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(textwrap.dedent(text).format(repo=tmp_path))
+    return path
+
+
+def error_of(tmp_path: Path, text: str) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    return info.value
+
+
+def test_good_config_loads_into_typed_objects(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, GOOD))
+    assert cfg.baseline == "base"
+    assert [c.name for c in cfg.candidates] == ["base", "other"]
+    other = cfg.candidate("other")
+    assert other.cmdline == ("srcutree.srcu_max_nodelay_phase=1",)
+    assert other.source_changes[0].path == (tmp_path / "p.patch").resolve()
+    assert cfg.workload.cycles == 10
+    with pytest.raises(Exception):
+        other.name = "x"  # type: ignore[misc]  # frozen
+
+
+def test_unknown_top_level_key(tmp_path: Path) -> None:
+    err = error_of(tmp_path, GOOD + "colour: blue\n")
+    assert "colour: unknown key" in str(err) and "(pipeline.yaml:16)" in str(err)
+
+
+def test_missing_patch_file_names_path_and_line(tmp_path: Path) -> None:
+    err = error_of(tmp_path, GOOD.replace("patch: p.patch", "patch: patches/x.patch"))
+    assert str(err) == "candidates[1].changes[0].patch: patches/x.patch does not exist (pipeline.yaml:12)"
+
+
+def test_baseline_must_name_a_candidate(tmp_path: Path) -> None:
+    err = error_of(tmp_path, GOOD.replace("baseline: base", "baseline: nope"))
+    assert "baseline: 'nope' names no candidate" in str(err) and ":5)" in str(err)
+
+
+def test_duplicate_candidate_names(tmp_path: Path) -> None:
+    err = error_of(tmp_path, GOOD.replace("name: other", "name: base"))
+    assert "candidates[1].name: duplicate candidate name 'base'" in str(err) and ":9)" in str(err)
+
+
+def test_wrong_type(tmp_path: Path) -> None:
+    err = error_of(tmp_path, GOOD.replace("cycles: 10", "cycles: many"))
+    assert "workload.cycles: expected int, got str 'many'" in str(err) and ":15)" in str(err)
+
+
+def test_boolean_is_not_an_int(tmp_path: Path) -> None:
+    err = error_of(tmp_path, GOOD.replace("cycles: 10", "cycles: true"))
+    assert "workload.cycles: expected int, got a boolean" in str(err)
+
+
+def test_unknown_tree_reference(tmp_path: Path) -> None:
+    err = error_of(tmp_path, GOOD.replace("    tree: t\n  - name: other", "    tree: zz\n  - name: other"))
+    assert "candidates[0].tree: 'zz' names no tree" in str(err) and ":8)" in str(err)
+
+
+def test_unknown_change_kind(tmp_path: Path) -> None:
+    err = error_of(tmp_path, GOOD.replace("- cmdline:", "- script:"))
+    assert "candidates[1].changes[1].script: unknown key" in str(err) and ":13)" in str(err)
+
+
+def test_cmdline_with_shell_metacharacters_is_refused(tmp_path: Path) -> None:
+    err = error_of(tmp_path, GOOD.replace("srcutree.srcu_max_nodelay_phase=1", "'x=1; reboot'"))
+    assert "candidates[1].changes[1].cmdline: invalid value" in str(err)
+
+
+def test_missing_tarball_says_how_to_install(tmp_path: Path) -> None:
+    text = GOOD.replace("    git: {repo}\n    ref: master\n", "    tarball: /nonexistent/linux-source-9.9.tar.xz\n")
+    err = error_of(tmp_path, text)
+    assert "trees.t.tarball" in str(err) and "apt-get install linux-source-9.9" in str(err)
+
+
+def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
+    err = error_of(tmp_path, GOOD + "workload: [unclosed\n")
+    assert "not valid YAML" in str(err) and "pipeline.yaml:" in str(err)
+
+
+def test_unknown_accelerator_lists_valid_names(tmp_path: Path) -> None:
+    err = error_of(tmp_path, GOOD + "test_host:\n  accelerator: hvf\n")
+    assert "test_host.accelerator" in str(err) and "auto, kvm, tcg" in str(err) and ":17)" in str(err)
+
+
+def test_default_config_is_valid() -> None:
+    cfg = load_config(Path(__file__).resolve().parent.parent / "pipeline.yaml") if Path(
+        "/usr/src/linux-source-6.1.tar.xz").exists() else None
+    if cfg is None:
+        pytest.skip("linux-source-6.1 is not installed")
+    assert cfg.baseline in {c.name for c in cfg.candidates}

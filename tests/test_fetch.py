@@ -1,0 +1,92 @@
+"""fetch stage: tarball imports are deterministic and reused; git URLs and paths; clear errors."""
+from __future__ import annotations
+
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import git
+from pipeline.config import Tree
+from pipeline.errors import UserError
+from pipeline.fetch import checkout_worktree, fetch_tree
+
+
+def make_tarball(tmp_path: Path) -> Path:
+    src = tmp_path / "linux-source-0.1"
+    (src / "kernel").mkdir(parents=True)
+    (src / "kernel" / "a.c").write_text("int a;\n")
+    (src / "Makefile").write_text("all:\n")
+    (src / "scripts").mkdir()
+    (src / "scripts" / "run.sh").write_text("#!/bin/sh\n")
+    (src / "scripts" / "run.sh").chmod(0o755)
+    # Debian's tarball ignores everything at the top level; the import must not care.
+    (src / ".gitignore").write_text("/*\n")
+    tb = tmp_path / "linux-source-0.1.tar.xz"
+    with tarfile.open(tb, "w:xz") as tf:
+        tf.add(src, arcname="linux-source-0.1")
+    return tb
+
+
+def test_tarball_import_is_deterministic_and_reused(tmp_path: Path) -> None:
+    tb = make_tarball(tmp_path)
+    first = fetch_tree(Tree("t", tarball=tb), tmp_path / "cache1")
+    again = fetch_tree(Tree("t", tarball=tb), tmp_path / "cache1")
+    elsewhere = fetch_tree(Tree("t", tarball=tb), tmp_path / "cache2")
+    assert not first.reused and again.reused
+    assert first.commit == again.commit == elsewhere.commit
+    wt = checkout_worktree(first, "c", tmp_path / "cache1")
+    assert (wt.path / "kernel" / "a.c").read_text() == "int a;\n"
+    assert (wt.path / "scripts" / "run.sh").stat().st_mode & 0o111
+
+
+def test_git_url_and_ref(small_repo: Path, tmp_path: Path) -> None:
+    v1 = git(small_repo, "rev-parse", "v1").strip()
+    fetched = fetch_tree(Tree("s", git=f"file://{small_repo}", ref="v1"), tmp_path / "cache")
+    assert fetched.commit == v1
+    by_sha = fetch_tree(Tree("s2", git=str(small_repo), ref=v1), tmp_path / "cache")
+    assert by_sha.commit == v1 and by_sha.reused
+
+
+def test_candidates_share_one_object_store_and_get_own_worktrees(small_repo: Path, tmp_path: Path) -> None:
+    fetched = fetch_tree(Tree("s", git=str(small_repo), ref="master"), tmp_path / "cache")
+    a = checkout_worktree(fetched, "a", tmp_path / "cache")
+    b = checkout_worktree(fetched, "b", tmp_path / "cache")
+    assert a.path != b.path
+    assert (a.path / ".git").is_file() and (b.path / ".git").is_file()  # worktrees, not clones
+
+
+def test_unreachable_url_names_tree_and_fix(tmp_path: Path) -> None:
+    with pytest.raises(UserError) as info:
+        fetch_tree(Tree("mainline", git=str(tmp_path / "no-such-repo"), ref="v6.1"), tmp_path / "cache")
+    assert "trees.mainline" in str(info.value) and "Check the URL" in str(info.value)
+
+
+def test_unknown_ref_is_a_clear_error(small_repo: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="cannot fetch 'v9.9'"):
+        fetch_tree(Tree("s", git=str(small_repo), ref="v9.9"), tmp_path / "cache")
+
+
+@pytest.mark.slow
+def test_real_linux_source_import_and_srcutree_patch(tmp_path: Path) -> None:
+    """Import Debian's linux-source-6.1 and apply the regression candidate to kernel/rcu/srcutree.c."""
+    from pipeline.config import Candidate, Change
+    from pipeline.patch import apply_changes
+
+    tb = Path("/usr/src/linux-source-6.1.tar.xz")
+    if not tb.exists():
+        pytest.skip("apt-get install linux-source-6.1")
+    cache = tmp_path / "cache"
+    t0 = time.monotonic()
+    fetched = fetch_tree(Tree("debian-6.1", tarball=tb), cache)
+    first_s = time.monotonic() - t0
+    again = fetch_tree(Tree("debian-6.1", tarball=tb), cache)
+    assert again.reused and again.commit == fetched.commit
+    print(f"import {first_s:.1f} s, reuse {again.seconds:.2f} s")
+    wt = checkout_worktree(fetched, "regression", cache)
+    patch = Path(__file__).resolve().parent.parent / "patches" / "0001-srcu-v5.19-rc1-expedited-policy-regression.patch"
+    patched = apply_changes(Candidate("regression", "debian-6.1", (Change("patch", patch.name, patch),)), wt)
+    assert patched.applied[0].subjects[0].startswith("srcu: bring back the v5.19-rc1")
+    text = (wt.path / "kernel/rcu/srcutree.c").read_text()
+    assert "#define SRCU_MAX_NODELAY_PHASE\t1" in text
