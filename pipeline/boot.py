@@ -11,12 +11,11 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import fabric
 import jinja2
@@ -179,7 +178,7 @@ def boot_test_host(executor: Executor, artifacts: BuildArtifacts, initramfs: Ini
                 try:
                     conn = _connect(port, initramfs)
                     break
-                except (paramiko.SSHException, socket.error, EOFError) as exc:
+                except (OSError, paramiko.SSHException, EOFError) as exc:
                     log.debug("ssh not ready: %s", exc)
             if time.monotonic() > deadline:
                 raise BootFailed("boot-timeout", f"no SSH login within {host.boot_timeout_s} s "

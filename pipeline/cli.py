@@ -17,7 +17,7 @@ from .analysis import analyze
 from .config import load_config
 from .errors import ConfigError, InfraError, PipelineError, UserError
 from .progress import Progress
-from .report import load_run, render_html, render_json, render_text, write_report
+from .report import load_run, render_json, render_text, write_report
 from .runner import Interrupted, run_pipeline
 
 EXIT_OK, EXIT_FAILED, EXIT_REGRESSION = 0, 1, 2

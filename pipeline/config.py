@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -313,7 +314,7 @@ def _load_trees(r: _Reader, data: Any) -> dict[str, Tree]:
     trees = {}
     for name, spec in data.items():
         path = f"trees.{name}"
-        r.typed(name, path, str, NAME_RE.match, "letters, digits, '.', '_', '-'")
+        r.typed(name, path, str, lambda x: bool(NAME_RE.match(x)), "letters, digits, '.', '_', '-'")
         spec = r.mapping(spec, path, ("git", "ref", "tarball"))
         if ("git" in spec) == ("tarball" in spec):
             raise r.error(path, "give exactly one of 'git' (URL or path, with 'ref') or 'tarball'")
@@ -340,7 +341,7 @@ def _load_candidates(r: _Reader, data: Any, trees: dict[str, Tree]) -> tuple[Can
     for i, item in enumerate(items):
         path = f"candidates[{i}]"
         item = r.mapping(item, path, ("name", "tree", "changes", "description"), ("name", "tree"))
-        name = r.typed(item["name"], f"{path}.name", str, NAME_RE.match,
+        name = r.typed(item["name"], f"{path}.name", str, lambda x: bool(NAME_RE.match(x)),
                        "letters, digits, '.', '_', '-', at most 64")
         if name in seen:
             raise r.error(f"{path}.name", f"duplicate candidate name '{name}'")
@@ -359,8 +360,8 @@ def _load_candidates(r: _Reader, data: Any, trees: dict[str, Tree]) -> tuple[Can
             if kind in ("patch", "config"):
                 changes.append(Change(kind, r.typed(value, vpath, str), r.existing_file(value, vpath)))
             elif kind == "revert":
-                changes.append(Change(kind, r.typed(value, vpath, str, re.compile(r"^[0-9a-fA-F]{7,40}$").match,
-                                                    "a commit ID (7 to 40 hex digits)")))
+                sha_ok = lambda x: bool(re.fullmatch(r"[0-9a-fA-F]{7,40}", x))  # noqa: E731
+                changes.append(Change(kind, r.typed(value, vpath, str, sha_ok, "a commit ID (7 to 40 hex digits)")))
             else:
                 params = value if isinstance(value, list) else [value]
                 for k, p in enumerate(params):

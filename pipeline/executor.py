@@ -14,8 +14,9 @@ import signal
 import socket
 import subprocess
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def _die_with_parent() -> None:
 
 
 class LocalProcess:
-    def __init__(self, popen: subprocess.Popen, registry: "set[LocalProcess]"):
+    def __init__(self, popen: subprocess.Popen, registry: set[LocalProcess]):
         self.popen = popen
         self.pid = popen.pid
         self._registry = registry

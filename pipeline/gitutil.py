@@ -1,8 +1,8 @@
 """Git invocations that ignore the user's configuration."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from . import proc
 

@@ -54,7 +54,7 @@ class AppliedChange:
     def as_dict(self) -> dict:
         return {"kind": self.kind, "source": self.source, "patches": [
             {"subject": s, "author": a, "commit": c}
-            for s, a, c in zip(self.subjects, self.authors, self.commits)]}
+            for s, a, c in zip(self.subjects, self.authors, self.commits, strict=True)]}
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,7 @@ def render_text(results: dict[str, Any], metadata: dict[str, Any], analysis: dic
         out.append(f"{name:<24} {r['n']:>2} {fmt_num(b['median']):>7} {chg:>8} {pv:>7} "
                    f"{fmt_num(cpu['median']):>6} {cchg:>8}")
     out.append("")
-    out.append("Verdicts (Mann-Whitney U, alpha %.2f, min effect %.0f%%;" % (a["alpha"], a["min_effect_pct"]))
+    out.append(f"Verdicts (Mann-Whitney U, alpha {a['alpha']:.2f}, min effect {a['min_effect_pct']:.0f}%;")
     out.append("medians with bootstrap 95% intervals):")
     for r in a["rows"]:
         if r["is_baseline"]:

@@ -33,7 +33,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def new_run_id() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
 
 
 class RunFolder:
@@ -45,7 +45,7 @@ class RunFolder:
         self._lock = threading.Lock()
 
     @classmethod
-    def create(cls, runs_dir: Path, run_id: str | None = None) -> "RunFolder":
+    def create(cls, runs_dir: Path, run_id: str | None = None) -> RunFolder:
         run_id = run_id or new_run_id()
         path = runs_dir / run_id
         (path / "logs").mkdir(parents=True, exist_ok=False)
@@ -55,7 +55,7 @@ class RunFolder:
         return folder
 
     @classmethod
-    def open(cls, path: Path) -> "RunFolder":
+    def open(cls, path: Path) -> RunFolder:
         return cls(path, json.loads((path / "results.json").read_text(encoding="utf-8")))
 
     @property
@@ -96,7 +96,7 @@ class RunFolder:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 now_iso = _now

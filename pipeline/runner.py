@@ -22,8 +22,8 @@ from .executor import LocalExecutor
 from .fetch import FetchedTree, checkout_worktree, fetch_tree
 from .initramfs import Initramfs, build_initramfs
 from .patch import PatchedTree, PatchFailed, UnsafePatch, apply_changes, check_changes
-from .progress import Progress
 from .proc import run as run_cmd
+from .progress import Progress
 from .results import RunFolder, now_iso
 from .stats import summarize
 from .workload import WorkloadFailed, build_vmm, install_vmm, run_workload
@@ -209,7 +209,7 @@ class Runner:
                     self._fail(prep, "run", "workload-failed", str(exc).splitlines()[0], exc.output)
                     self.progress.step_done(time.monotonic() - t0)
                     return
-            except (InfraError, paramiko.SSHException, socket.error, EOFError) as exc:
+            except (OSError, InfraError, paramiko.SSHException, EOFError) as exc:
                 self._record_retry(c, tag, "infra-error", f"{type(exc).__name__}: {exc}", "")
                 if attempt >= retries:
                     self._fail(prep, "run", "infra-error", f"{type(exc).__name__}: {exc}", "")

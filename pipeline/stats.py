@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 from scipy import stats as sps
@@ -40,7 +41,7 @@ class Comparison:
         return asdict(self)
 
 
-def _bootstrap_ci(samples: Sequence[Sequence[float]], statistic, resamples: int, seed: int) -> tuple[float, float]:
+def _bootstrap_ci(samples: Sequence[Any], statistic: Any, resamples: int, seed: int) -> tuple[float, float]:
     data = tuple(np.asarray(s, dtype=float) for s in samples)
     if any(len(d) < 2 for d in data) or all(np.ptp(d) == 0 for d in data):
         value = float(statistic(*data))

@@ -1,6 +1,7 @@
 """pipeline.yaml errors, one by one: each names the key path and the line."""
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 from pathlib import Path
 
@@ -53,7 +54,7 @@ def test_good_config_loads_into_typed_objects(tmp_path: Path) -> None:
     assert other.cmdline == ("srcutree.srcu_max_nodelay_phase=1",)
     assert other.source_changes[0].path == (tmp_path / "p.patch").resolve()
     assert cfg.workload.cycles == 10
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         other.name = "x"  # type: ignore[misc]  # frozen
 
 

@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import git
+
 from pipeline.config import Tree
 from pipeline.errors import UserError
 from pipeline.fetch import checkout_worktree, fetch_tree

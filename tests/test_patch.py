@@ -4,8 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import git
+
 from pipeline.config import Candidate, Change, Tree
 from pipeline.fetch import checkout_worktree, fetch_tree
 from pipeline.patch import PatchFailed, UnsafePatch, apply_changes, check_patch_paths, diff_paths

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Install what kpipe needs on Debian 12 (run as root, or with sudo available):
+#   ./setup.sh          system packages + .venv with the pipeline
+#   ./setup.sh --test   the same, plus what the tests need (Chromium, pytest, linters)
+set -euo pipefail
+cd "$(dirname "$0")"
+with_tests=0
+[ "${1:-}" = "--test" ] && with_tests=1
+
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+
+packages=(
+  git make gcc libc6-dev flex bison bc cpio xz-utils kmod libelf-dev libssl-dev ccache
+  qemu-system-x86 busybox-static dropbear-bin openssh-sftp-server openssh-client
+  linux-source-6.1 python3 python3-venv python3-pip
+)
+[ "$with_tests" = 1 ] && packages+=(chromium chromium-driver)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+extra=""
+[ "$with_tests" = 1 ] && extra="[test]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extra}"
+echo "setup: done (.venv ready)"

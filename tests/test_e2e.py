@@ -1,0 +1,208 @@
+"""End-to-end: a real kernel built from linux-source-6.1, booted in real QEMU, reached over real SSH,
+running real KVM ioctls inside. One kernel and one test host are shared by the whole session."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.boot import BootFailed, boot_test_host, choose_accelerator
+from pipeline.build import ConfigOptionDropped, build_kernel
+from pipeline.config import Candidate, Change, KernelConfig, TestHost, Tree, Workload
+from pipeline.executor import LocalExecutor
+from pipeline.fetch import checkout_worktree, fetch_tree
+from pipeline.initramfs import build_initramfs
+from pipeline.patch import apply_changes
+from pipeline.workload import build_vmm, install_vmm, run_workload
+
+REPO = Path(__file__).resolve().parent.parent
+TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
+FRAGMENT = REPO / "vm-templates/kernel/kvm-host.config"
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not TARBALL.exists(), reason="apt-get install linux-source-6.1 (./setup.sh)")]
+
+
+def qemu_pids() -> set[int]:
+    out = subprocess.run(["pgrep", "-f", "kpipe-test-host"], capture_output=True, text=True).stdout
+    return {int(p) for p in out.split()}
+
+
+@pytest.fixture(scope="session")
+def e2e_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    env = os.environ.get("KPIPE_TEST_CACHE")
+    return Path(env) if env else tmp_path_factory.mktemp("kpipe-cache")
+
+
+@pytest.fixture(scope="session")
+def host_settings() -> TestHost:
+    return TestHost(qemu_template=REPO / "vm-templates/qemu/x86_64.cmd.j2",
+                    initramfs_recipe=REPO / "vm-templates/initramfs/recipe.yaml", cpus=2, memory_mb=1024,
+                    boot_timeout_s=240)
+
+
+@pytest.fixture(scope="session")
+def fetched(e2e_cache: Path):
+    return fetch_tree(Tree("debian-6.1", tarball=TARBALL), e2e_cache)
+
+
+@pytest.fixture(scope="session")
+def built_kernel(fetched, e2e_cache: Path, tmp_path_factory: pytest.TempPathFactory):
+    wt = checkout_worktree(fetched, "e2e-baseline", e2e_cache)
+    patched = apply_changes(Candidate("e2e-baseline", "debian-6.1"), wt)
+    log = tmp_path_factory.mktemp("build") / "build.log"
+    return build_kernel(patched, KernelConfig(), (FRAGMENT,), e2e_cache, log)
+
+
+@pytest.fixture(scope="session")
+def initramfs(e2e_cache: Path):
+    return build_initramfs(REPO / "vm-templates/initramfs/recipe.yaml", e2e_cache)
+
+
+@pytest.fixture(scope="session")
+def accel():
+    return choose_accelerator("auto")
+
+
+@pytest.fixture(scope="session")
+def test_host(built_kernel, initramfs, host_settings, accel, tmp_path_factory: pytest.TempPathFactory):
+    run_dir = tmp_path_factory.mktemp("host")
+    with boot_test_host(LocalExecutor(), built_kernel, initramfs, host_settings, (), run_dir, "shared",
+                        accel) as host:
+        yield host
+
+
+@pytest.fixture(autouse=True)
+def no_stray_qemu(request: pytest.FixtureRequest):
+    """After every test, no QEMU remains but the shared session host."""
+    yield
+    shared = request.getfixturevalue("test_host").process.pid if "test_host" in request.fixturenames else None
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        stray = qemu_pids() - ({shared} if shared else set())
+        if not stray:
+            break
+        time.sleep(0.5)
+    assert not stray, f"QEMU processes left behind: {stray}"
+
+
+def test_booted_host_runs_the_built_kernel_and_has_dev_kvm(test_host, built_kernel) -> None:
+    assert test_host.run(["uname", "-r"]).stdout.strip() == built_kernel.kernel_release
+    assert test_host.run(["test", "-c", "/dev/kvm"]).ok
+    assert built_kernel.bzimage.stat().st_size > 1_000_000
+
+
+def test_workload_numbers_are_real_and_consistent(test_host, e2e_cache: Path) -> None:
+    install_vmm(test_host, build_vmm(e2e_cache))
+    cycles = 300
+    result = run_workload(test_host, Workload(cycles=cycles, spinners=1, spin_mode="loop", timeout_s=240), 2)
+    raw, m = result["raw"], result["metrics"]
+    assert raw["status"] == "ok"
+    assert raw["updates"] == 2 * cycles
+    assert raw["mmio_write_exits"] == raw["mmio_read_exits"] == cycles
+    assert raw["flash_cpu_seen"] == 0 and raw["spinners_detail"][0]["cpu"] == 1  # pinned as asked
+    total = next(c for c in raw["proc_stat_delta"] if c["cpu"] == "all")
+    assert total["user"] + total["system"] > 0
+    assert m["vmm_cpu_s"] > 0
+    assert raw["boot_ns"] >= raw["update_ns"]["sum"]
+    assert raw["update_ns"]["min"] <= raw["update_ns"]["p50"] <= raw["update_ns"]["p99"] <= raw["update_ns"]["max"]
+
+
+def test_dropped_config_option_fails_with_its_dependency(fetched, e2e_cache: Path, tmp_path: Path) -> None:
+    frag = tmp_path / "needs-ext4.config"
+    frag.write_text("CONFIG_EXT4_FS_SECURITY=y\n")
+    wt = checkout_worktree(fetched, "e2e-config-fault", e2e_cache)
+    patched = apply_changes(Candidate("e2e-config-fault", "debian-6.1", (Change("config", str(frag), frag),)), wt)
+    with pytest.raises(ConfigOptionDropped) as info:
+        build_kernel(patched, KernelConfig(), (FRAGMENT,), e2e_cache, tmp_path / "build.log")
+    assert "CONFIG_EXT4_FS_SECURITY=y" in info.value.excerpt
+    assert "EXT4_FS" in info.value.excerpt.split("depends on", 1)[1]
+
+
+def test_command_line_that_panics_ends_as_boot_failed(built_kernel, initramfs, host_settings, accel,
+                                                      tmp_path: Path) -> None:
+    with pytest.raises(BootFailed) as info:
+        with boot_test_host(LocalExecutor(), built_kernel, initramfs, host_settings, ("rdinit=/nonexistent",),
+                            tmp_path, "panic", accel):
+            pass
+    assert info.value.status == "boot-failed"
+    assert "Kernel panic" in info.value.excerpt
+
+
+def test_qemu_killed_during_boot_ends_as_boot_failed(built_kernel, initramfs, host_settings, accel,
+                                                     tmp_path: Path) -> None:
+    pidfile = tmp_path / "killed.pid"
+
+    def killer() -> None:
+        for _ in range(600):
+            if pidfile.exists() and pidfile.read_text().strip():
+                time.sleep(0.5)
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)
+                return
+            time.sleep(0.05)
+
+    t = threading.Thread(target=killer)
+    t.start()
+    with pytest.raises(BootFailed) as info:
+        with boot_test_host(LocalExecutor(), built_kernel, initramfs, host_settings, (), tmp_path, "killed",
+                            accel):
+            pass
+    t.join()
+    assert "QEMU exited" in str(info.value)
+
+
+def test_full_pipeline_run_with_a_failing_candidate(built_kernel, e2e_cache: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`python -m pipeline run` on a small config: baseline, a boot-parameter candidate, a patch that
+    does not apply. The report is rendered and the failing candidate does not stop the others."""
+    from pipeline.cli import main
+
+    (tmp_path / "bad.patch").write_text(
+        "--- a/kernel/rcu/srcutree.c\n+++ b/kernel/rcu/srcutree.c\n@@ -1,3 +1,3 @@\n-no such line\n+x\n")
+    cfg_text = f"""
+trees:
+  debian-6.1: {{tarball: {TARBALL}}}
+baseline: base
+candidates:
+  - {{name: base, tree: debian-6.1}}
+  - name: params
+    tree: debian-6.1
+    changes: [{{cmdline: srcutree.srcu_max_nodelay_phase=1}}]
+  - name: "bad-<script>"
+    tree: debian-6.1
+    changes: [{{patch: bad.patch}}]
+kernel: {{fragments: [{FRAGMENT}]}}
+test_host:
+  qemu_template: {REPO}/vm-templates/qemu/x86_64.cmd.j2
+  initramfs_recipe: {REPO}/vm-templates/initramfs/recipe.yaml
+workload: {{cycles: 300, spin_mode: loop, timeout_s: 240}}
+repetitions: {{warmup: 0, counted: 2}}
+"""
+    cfg_path = tmp_path / "pipeline.yaml"
+    cfg_path.write_text(cfg_text)
+    assert main(["validate", "-c", str(cfg_path)]) == 1  # '<' is not allowed in a candidate name
+    cfg_path.write_text(cfg_text.replace('"bad-<script>"', "bad"))
+    monkeypatch.setenv("KPIPE_CACHE_DIR", str(e2e_cache))
+    code = main(["run", "-c", str(cfg_path)])
+    assert code in (0, 2)
+    run_dir = next((tmp_path / "runs").iterdir())
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["candidates"]["bad"]["status"] == "patch-failed"
+    assert "kernel/rcu/srcutree.c" in results["candidates"]["bad"]["stages"]["patch"]["excerpt"]
+    for name in ("base", "params"):
+        c = results["candidates"][name]
+        assert c["status"] == "ok" and len(c["runs"]) == 2
+        assert c["stages"]["build"]["cached"] is True  # same tree and config as the session's kernel
+    assert results["candidates"]["params"]["stages"]["boot"]["cmdline_extra"] == [
+        "srcutree.srcu_max_nodelay_phase=1"]
+    console = (run_dir / results["candidates"]["params"]["runs"][0]["console_log"]).read_text()
+    assert "Max phase no-delay instances is 1." in console
+    report = tmp_path / "reports" / run_dir.name
+    assert (report / "index.html").exists() and (report / "summary.txt").exists()
+    assert all(len(line) <= 72 for line in (report / "summary.txt").read_text().splitlines())

@@ -1,0 +1,81 @@
+"""flashvmm directly on this machine's /dev/kvm: exact counts of updates and exits."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pipeline.workload import build_vmm, derive_metrics, parse_output
+
+
+def _local_kvm_reason() -> str | None:
+    if not os.path.exists("/dev/kvm"):
+        return "no /dev/kvm on this machine"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "/dev/kvm is not accessible"
+    return None
+
+
+pytestmark = pytest.mark.kvm
+
+
+@pytest.fixture(scope="module")
+def vmm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_vmm(tmp_path_factory.mktemp("tools"))
+
+
+def run_vmm(vmm: Path, *args: str) -> tuple[int, dict]:
+    reason = _local_kvm_reason()
+    if reason:
+        pytest.skip(reason)
+    res = subprocess.run([str(vmm), *args], capture_output=True, text=True, timeout=120)
+    data = parse_output(res.stdout)
+    if data.get("status") == "error" and "READONLY" in data.get("error", ""):
+        pytest.skip(f"local KVM lacks a feature: {data['error']}")
+    return res.returncode, data
+
+
+@pytest.mark.parametrize("cycles,static_slots,spinners", [(1, 0, 0), (250, 0, 0), (500, 64, 1)])
+def test_exact_counts(vmm: Path, cycles: int, static_slots: int, spinners: int) -> None:
+    code, data = run_vmm(vmm, "--cycles", str(cycles), "--static-slots", str(static_slots),
+                         "--spinners", str(spinners), "--spin-mode", "loop", "--timeout", "60")
+    assert code == 0, data
+    assert data["status"] == "ok"
+    assert data["updates"] == 2 * cycles
+    assert data["mmio_write_exits"] == cycles
+    assert data["mmio_read_exits"] == cycles
+    assert data["other_exits"] == 0
+    assert data["params"]["static_slots"] == static_slots
+    assert len(data["spinners_detail"]) == spinners
+    assert data["boot_ns"] >= data["setup_ns"] + data["update_ns"]["sum"] - 1
+    m = derive_metrics(data)
+    assert m["updates"] == 2 * cycles and m["boot_s"] > 0
+
+
+def test_too_many_static_slots_is_a_clear_error(vmm: Path) -> None:
+    code, data = run_vmm(vmm, "--cycles", "1", "--static-slots", "40000")
+    assert code == 1 and data["status"] == "error" and "KVM_CAP_NR_MEMSLOTS" in data["error"]
+
+
+def test_watchdog_reports_a_timeout(vmm: Path) -> None:
+    code, data = run_vmm(vmm, "--cycles", "100000000", "--spinners", "0", "--timeout", "1")
+    assert code == 3 and data["status"] == "timeout" and data["updates_done"] > 0
+
+
+def test_usage_error_on_bad_arguments(vmm: Path) -> None:
+    res = subprocess.run([str(vmm), "--cycles", "0"], capture_output=True, text=True, timeout=10)
+    assert res.returncode == 1 and "usage" in res.stderr
+
+
+def test_saved_test_host_outputs_parse() -> None:
+    """Outputs saved from real runs inside the TCG test host."""
+    files = sorted((Path(__file__).parent / "data").glob("flashvmm-*.json"))
+    assert files, "no saved outputs"
+    for f in files:
+        data = json.loads(f.read_text())
+        m = derive_metrics(data)
+        assert m["updates"] == data["params"]["cycles"] * 2
+        assert m["host_cpu_s"] >= 0 and m["boot_s"] > m["update_sum_s"]
