@@ -40,7 +40,7 @@ def distribution(results: dict[str, Any], order: list[str], metric: str, title: 
         if not vals:
             continue
         color = COLORS[i % len(COLORS)]
-        ax.boxplot([vals], positions=[i], vert=False, widths=0.5, showfliers=False,
+        ax.boxplot([vals], positions=[i], orientation="horizontal", widths=0.5, showfliers=False,
                    medianprops={"color": color, "linewidth": 2})
         ax.scatter(vals, [i] * len(vals), s=14, color=color, alpha=0.8, zorder=3)
     ax.set_yticks(range(len(order)), [_label(n) for n in order])

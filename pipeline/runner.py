@@ -76,7 +76,27 @@ def collect_metadata(cfg: Config, accel: tuple[str, str, str], trees: dict[str, 
         "workload": vars(cfg.workload),
         "repetitions": vars(cfg.repetitions),
         "trees": {n: {"origin": t.origin, "commit": t.commit} for n, t in trees.items()},
+        "inputs": input_hashes(cfg),
     }
+
+
+def input_hashes(cfg: Config) -> dict[str, str]:
+    """sha256 of every file that decides the outcome, so two runs can be told apart."""
+    from .fetch import sha256_file
+    from .workload import VMM_SOURCE
+
+    files = {cfg.source, cfg.test_host.qemu_template, cfg.test_host.initramfs_recipe, VMM_SOURCE,
+             *cfg.kernel.fragments}
+    for c in cfg.candidates:
+        files.update(ch.path for ch in c.changes if ch.path)
+    out = {}
+    for f in sorted(files):
+        try:
+            name = str(f.relative_to(cfg.root))
+        except ValueError:
+            name = str(f)
+        out[name] = sha256_file(f)
+    return out
 
 
 def _cpu_count() -> int:

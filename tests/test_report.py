@@ -1,0 +1,95 @@
+"""Rendering from saved real results.json files: failed candidates, hostile strings, 72 columns."""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipeline.analysis import analyze
+from pipeline.cli import main
+from pipeline.report import render_html, render_text, write_report
+
+DATA = Path(__file__).parent / "data"
+HOSTILE = '<script>alert("x")</script> srcu: & "quoted"'
+
+
+@pytest.fixture
+def real() -> tuple[dict, dict]:
+    return (json.loads((DATA / "results-real.json").read_text()),
+            json.loads((DATA / "metadata-real.json").read_text()))
+
+
+def with_failures(results: dict) -> dict:
+    """The real run plus a candidate whose patch did not apply, carrying hostile strings."""
+    r = copy.deepcopy(results)
+    r["candidate_order"].append("evil")
+    r["candidates"]["evil"] = {
+        "name": "evil", "status": "patch-failed", "status_detail": HOSTILE, "runs": [], "warmup_runs": [],
+        "stages": {"patch": {"status": "fail", "message": HOSTILE, "excerpt": "error: patch failed: " + HOSTILE,
+                             "location": "kernel/rcu/srcutree.c:565"}}}
+    # A hostile subject and author on a real applied patch as well.
+    for c in r["candidates"].values():
+        for ch in c.get("stages", {}).get("patch", {}).get("changes", []):
+            for p in ch.get("patches", []):
+                p["subject"] = HOSTILE
+                p["author"] = "<img src=x onerror=alert(1)> <a@b>"
+    return r
+
+
+def test_regression_is_found_in_the_real_run(real) -> None:
+    results, _ = real
+    a = analyze(results)
+    assert a["baseline"] == "baseline"
+    assert "regression-282d8998" in a["regressions"]
+    row = next(r for r in a["rows"] if r["name"] == "regression-282d8998")
+    assert row["comparisons"]["boot_s"]["p_value"] < 0.05
+    assert row["comparisons"]["boot_s"]["change_ci_low"] > 0
+
+
+def test_text_summary_fits_72_columns(real) -> None:
+    results, metadata = real
+    text = render_text(with_failures(results), metadata)
+    assert all(len(line) <= 72 for line in text.splitlines()), text
+    assert "regression-282d8998" in text and "slower" in text
+    assert "evil: patch-failed" in text
+
+
+def test_html_escapes_hostile_strings(real) -> None:
+    results, metadata = real
+    page = render_html(with_failures(results), metadata)
+    assert "<script>" not in page and "<img src=x" not in page
+    assert "&lt;script&gt;" in page
+    assert "kernel/rcu/srcutree.c:565" in page
+    assert page.count("<svg") >= 5
+
+
+def test_write_report_and_index(real, tmp_path: Path) -> None:
+    results, metadata = real
+    run_dir = tmp_path / "runs" / results["run_id"]
+    (run_dir / "logs").mkdir(parents=True)
+    (run_dir / "results.json").write_text(json.dumps(with_failures(results)))
+    (run_dir / "metadata.json").write_text(json.dumps(metadata))
+    out = write_report(run_dir, tmp_path / "reports")
+    assert (out / "index.html").exists() and (out / "summary.txt").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert "evil" in summary["analysis"]["failed"]
+    index = (tmp_path / "reports" / "index.html").read_text()
+    assert results["run_id"] in index and "<script>" not in index
+
+
+def test_report_command_formats_and_exit_code(real, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    results, metadata = real
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    shutil.copy(DATA / "results-real.json", run_dir / "results.json")
+    shutil.copy(DATA / "metadata-real.json", run_dir / "metadata.json")
+    cfg = Path(__file__).resolve().parent.parent / "pipeline.yaml"
+    if not Path("/usr/src/linux-source-6.1.tar.xz").exists():
+        pytest.skip("the default config needs linux-source-6.1")
+    assert main(["report", str(run_dir), "-c", str(cfg), "--format", "text"]) == 2  # regression found
+    assert "Full report:" in capsys.readouterr().out
+    assert main(["report", str(run_dir), "-c", str(cfg), "--format", "json"]) == 2
+    assert json.loads(capsys.readouterr().out)["analysis"]["regressions"]
