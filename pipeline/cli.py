@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from .analysis import analyze
-from .config import load_config
+from .config import Config, load_config
 from .errors import ConfigError, InfraError, PipelineError, UserError
 from .progress import Progress
 from .report import load_run, render_json, render_text, write_report
@@ -39,7 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--only", action="append", metavar="CANDIDATE",
                         help="run only this candidate (and the baseline); repeatable")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", parents=[common], help="run every candidate and render the report")
+    run_p = sub.add_parser("run", parents=[common], help="run every candidate and render the report")
+    run_p.add_argument("--resume", metavar="RUN", help="continue an interrupted run (id or folder)")
+    run_p.add_argument("--no-wait", action="store_true", help="fail instead of waiting for a busy cache")
     sub.add_parser("validate", parents=[common], help="check pipeline.yaml and the patches it names")
     rep = sub.add_parser("report", parents=[common], help="re-render a report from a run's results.json")
     rep.add_argument("run", help="run id (under runs_dir) or a run folder")
@@ -47,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     srv = sub.add_parser("serve", parents=[common], help="serve reports/ on 127.0.0.1")
     srv.add_argument("--port", type=int, default=8000)
     sub.add_parser("doctor", parents=[common], help="list the tools a run needs and how to install them")
+    tri = sub.add_parser("triage", parents=[common],
+                         help="evaluate a posted patch series (mbox, maildir message or Message-ID) "
+                              "against the baseline and write a reply email")
+    tri.add_argument("source", help="an mbox file, a maildir message file, or a Message-ID (fetched with b4)")
     return p
 
 
@@ -74,6 +80,34 @@ def doctor(cfg_path: str) -> list[str]:
     except ConfigError as exc:
         problems.append(str(exc))
     return problems
+
+
+def triage_command(cfg: Config, source: str) -> int:
+    """Run baseline against the series; 0 no significant change or better, 2 a problem was found."""
+    from .report import report_url
+    from .results import new_run_id
+    from .triage import outcome, parse_series, resolve_source, triage_config, write_reply
+
+    workdir = cfg.runs_dir / "triage" / new_run_id()
+    workdir.mkdir(parents=True)
+    series = parse_series(resolve_source(source, workdir), workdir / "patches")
+    tcfg, note = triage_config(cfg, series)
+    cand = tcfg.candidates[1].name
+    print(f"triage: {len(series.patches)} patch(es) as candidate '{cand}', {note}"
+          + (f"; skipped {len(series.skipped)} non-patch message(s)" if series.skipped else ""), file=sys.stderr)
+    folder = run_pipeline(tcfg, None, Progress())
+    out = write_report(folder.path, cfg.report.dir)
+    results, metadata = load_run(folder.path)
+    a = analyze(results)
+    first = outcome(results, a, cand, series) + f"\n\n(The series was {note}.)"
+    link = report_url(cfg.report.base_url, folder.run_id)
+    reply = write_reply(series, render_text(results, metadata, a), first, link, out / "reply.eml")
+    print(first)
+    print(f"\nreport: {out / 'index.html'}\nreply:  {reply} (not sent)")
+    print(f"send it with: git send-email --confirm=always {reply}\n"
+          f"          or: /usr/sbin/sendmail -t < {reply}")
+    ok = results["candidates"][cand]["status"] == "ok" and cand not in a["regressions"]
+    return EXIT_OK if ok else EXIT_REGRESSION
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,11 +149,14 @@ def main(argv: list[str] | None = None) -> int:
                 out = write_report(run_dir, cfg.report.dir)
                 print(out / "index.html")
             return EXIT_REGRESSION if analyze(results)["regressions"] else EXIT_OK
+        if args.command == "triage":
+            return triage_command(cfg, args.source)
         if args.command == "run":
             problems = [p for p in doctor(args.config) if "missing" in p]
             if problems:
                 raise InfraError("missing tools, install them first:\n  " + "\n  ".join(problems))
-            folder = run_pipeline(cfg, args.only, Progress())
+            resume = _run_dir(cfg.runs_dir, args.resume) if args.resume else None
+            folder = run_pipeline(cfg, args.only, Progress(), resume=resume, wait_for_lock=not args.no_wait)
             out = write_report(folder.path, cfg.report.dir)
             results, metadata = load_run(folder.path)
             print(render_text(results, metadata))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -56,9 +57,10 @@ def run(argv: Sequence[str | os.PathLike], *, cwd: str | Path | None = None,
         if sink:
             sink.write(f"$ {shlex.join(args)}\n")
             sink.flush()
+        # Own process group, so an interruption can stop make and every compiler under it.
         proc = subprocess.Popen(args, cwd=cwd, env=full_env, text=True, errors="replace",
                                 stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         if input_text is not None:
             assert proc.stdin
             proc.stdin.write(input_text)
@@ -71,7 +73,10 @@ def run(argv: Sequence[str | os.PathLike], *, cwd: str | Path | None = None,
                     sink.write(line)
             proc.wait(timeout=timeout)
         except BaseException:
-            proc.kill()
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             proc.wait()
             raise
     finally:

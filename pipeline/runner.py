@@ -21,6 +21,7 @@ from .errors import InfraError, PipelineError, UserError
 from .executor import LocalExecutor
 from .fetch import FetchedTree, checkout_worktree, fetch_tree
 from .initramfs import Initramfs, build_initramfs
+from .lock import cache_lock
 from .patch import PatchedTree, PatchFailed, UnsafePatch, apply_changes, check_changes
 from .proc import run as run_cmd
 from .progress import Progress
@@ -248,14 +249,15 @@ class Runner:
         reps = self.cfg.repetitions
         rounds = reps.warmup + reps.counted
         live = [p for p in preps if p.alive]
-        self.progress.plan(rounds * len(live))
+        done = {p.candidate.name: self._rounds_done(p.candidate.name) for p in live}
+        self.progress.plan(sum(rounds - len(done[p.candidate.name] & set(range(rounds))) for p in live))
         for r in range(rounds):
             kind = "warmup" if r < reps.warmup else "counted"
             for prep in live:  # interleaved: A B C A B C ...
-                if prep.alive:
+                if prep.alive and r not in done[prep.candidate.name]:
                     self.measure_once(prep, initramfs, vmm, accel, kind, r)
         # Adaptive repetitions: more rounds for candidates whose interval is still wide.
-        r = rounds
+        r = max([rounds] + [max(d) + 1 for d in done.values() if d])
         while reps.target_ci_pct > 0:
             wide = [p for p in live if p.alive and self._needs_more(p)]
             if not wide:
@@ -276,6 +278,10 @@ class Runner:
             c["stop_reason"] = why if prep.alive else "candidate failed"
         self.folder.save()
 
+    def _rounds_done(self, name: str) -> set[int]:
+        c = self.folder.candidate(name)
+        return {int(x["round"]) for x in c.get("runs", []) + c.get("warmup_runs", [])}
+
     def _needs_more(self, prep: Prepared) -> bool:
         runs = self.folder.candidate(prep.candidate.name)["runs"]
         if len(runs) >= self.cfg.repetitions.max_counted:
@@ -285,39 +291,59 @@ class Runner:
 
 
 def run_pipeline(cfg: Config, only: list[str] | None = None, progress: Progress | None = None,
-                 run_id: str | None = None) -> RunFolder:
-    """Run every selected candidate through every stage; return the run folder."""
+                 run_id: str | None = None, resume: Path | None = None, wait_for_lock: bool = True) -> RunFolder:
+    """Run every selected candidate through every stage; return the run folder.
+
+    With `resume`, continue that run: finished counted and warm-up repetitions
+    are kept, candidates that already failed stay failed, the rest is redone
+    (fetch, patch and build come back from the caches).
+    """
     progress = progress or Progress()
-    cands = selected_candidates(cfg, only)
-    folder = RunFolder.create(cfg.runs_dir, run_id)
-    folder.results.update({"baseline": cfg.baseline, "config": str(cfg.source),
-                           "candidate_order": [c.name for c in cands],
-                           "candidate_specs": {c.name: {"tree": c.tree, "description": c.description,
-                                                        "changes": [{"kind": ch.kind, "value": ch.value}
-                                                                    for ch in c.changes]} for c in cands},
-                           "settings": {"alpha": cfg.report.alpha, "min_effect_pct": cfg.report.min_effect_pct,
-                                        "bootstrap_resamples": cfg.report.bootstrap_resamples,
-                                        "base_url": cfg.report.base_url}})
-    for c in cands:
-        folder.candidate(c.name)
+    if resume:
+        folder = RunFolder.open(resume)
+        order = folder.results.get("candidate_order", [])
+        cands = [cfg.candidate(n) for n in order if n in {c.name for c in cfg.candidates}]
+        folder.results.setdefault("resumed", []).append(now_iso())
+        folder.results["status"] = "running"
+    else:
+        cands = selected_candidates(cfg, only)
+        folder = RunFolder.create(cfg.runs_dir, run_id)
+        folder.results.update({"baseline": cfg.baseline, "config": str(cfg.source),
+                               "candidate_order": [c.name for c in cands],
+                               "candidate_specs": {c.name: {"tree": c.tree, "description": c.description,
+                                                            "changes": [{"kind": ch.kind, "value": ch.value}
+                                                                        for ch in c.changes]} for c in cands},
+                               "settings": {"alpha": cfg.report.alpha, "min_effect_pct": cfg.report.min_effect_pct,
+                                            "bootstrap_resamples": cfg.report.bootstrap_resamples,
+                                            "base_url": cfg.report.base_url}})
+        for c in cands:
+            folder.candidate(c.name)
     folder.save()
-    progress.say("run", "-", f"run {folder.run_id} in {folder.path}")
+    progress.say("run", "-", f"{'resuming' if resume else 'run'} {folder.run_id} in {folder.path}")
     old_term = signal.signal(signal.SIGTERM, _sigterm)
     runner = Runner(cfg, folder, progress)
     try:
-        accel = choose_accelerator(cfg.test_host.accelerator)
-        progress.say("boot", "-", f"accelerator: {accel[2]}")
-        preps = [runner.prepare(c) for c in cands]
-        folder.write_metadata(collect_metadata(cfg, accel, runner.trees))
-        if any(p.alive for p in preps):
-            initramfs = build_initramfs(cfg.test_host.initramfs_recipe, cfg.cache_dir,
-                                        folder.log_path("_host", "initramfs.log"))
-            vmm = build_vmm(cfg.cache_dir, folder.log_path("_host", "vmm.log"))
-            runner.measure_all(preps, initramfs, vmm, accel)
+        with cache_lock(cfg.cache_dir, f"run {folder.run_id}", wait=wait_for_lock):
+            accel = choose_accelerator(cfg.test_host.accelerator)
+            progress.say("boot", "-", f"accelerator: {accel[2]}")
+            preps = []
+            for c in cands:
+                status = folder.candidate(c.name)["status"]
+                if status not in ("pending", "ok"):
+                    preps.append(Prepared(c, alive=False))  # failed before the interruption: keep it
+                    continue
+                preps.append(runner.prepare(c))
+            folder.write_metadata(collect_metadata(cfg, accel, runner.trees))
+            if any(p.alive for p in preps):
+                initramfs = build_initramfs(cfg.test_host.initramfs_recipe, cfg.cache_dir,
+                                            folder.log_path("_host", "initramfs.log"))
+                vmm = build_vmm(cfg.cache_dir, folder.log_path("_host", "vmm.log"))
+                runner.measure_all(preps, initramfs, vmm, accel)
         folder.results["status"] = "finished"
     except (KeyboardInterrupt, Interrupted) as exc:
         folder.results["status"] = "interrupted"
-        folder.results["status_detail"] = f"stopped by {type(exc).__name__} {exc}".strip()
+        folder.results["status_detail"] = (f"stopped by {type(exc).__name__} {exc}".strip()
+                                           + f"; continue with: python -m pipeline run --resume {folder.path}")
         raise
     except PipelineError as exc:
         folder.results["status"] = "error"

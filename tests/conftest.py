@@ -7,7 +7,25 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.boot import boot_test_host, choose_accelerator
+from pipeline.build import build_kernel
+from pipeline.config import Candidate, KernelConfig, TestHost, Tree
+from pipeline.executor import LocalExecutor
+from pipeline.fetch import checkout_worktree, fetch_tree
+from pipeline.initramfs import build_initramfs
+from pipeline.patch import apply_changes
+
 REPO = Path(__file__).resolve().parent.parent
+TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
+FRAGMENT = REPO / "vm-templates/kernel/kvm-host.config"
+
+
+def qemu_pids() -> set[int]:
+    out = subprocess.run(["pgrep", "-f", "kpipe-test-host"], capture_output=True, text=True, check=False).stdout
+    return {int(p) for p in out.split()}
+
+
+# -- end-to-end: one real kernel and one booted test host for the whole session --------------
 
 
 @pytest.fixture(autouse=True)
@@ -42,3 +60,47 @@ def small_repo(tmp_path: Path) -> Path:
     git(repo, "commit", "-q", "-a", "-m", "change line 20")
     git(repo, "tag", "v1")
     return repo
+
+
+@pytest.fixture(scope="session")
+def e2e_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    env = os.environ.get("KPIPE_TEST_CACHE")
+    return Path(env) if env else tmp_path_factory.mktemp("kpipe-cache")
+
+
+@pytest.fixture(scope="session")
+def host_settings() -> TestHost:
+    return TestHost(qemu_template=REPO / "vm-templates/qemu/x86_64.cmd.j2",
+                    initramfs_recipe=REPO / "vm-templates/initramfs/recipe.yaml", cpus=2, memory_mb=1024,
+                    boot_timeout_s=240)
+
+
+@pytest.fixture(scope="session")
+def fetched(e2e_cache: Path):
+    return fetch_tree(Tree("debian-6.1", tarball=TARBALL), e2e_cache)
+
+
+@pytest.fixture(scope="session")
+def built_kernel(fetched, e2e_cache: Path, tmp_path_factory: pytest.TempPathFactory):
+    wt = checkout_worktree(fetched, "e2e-baseline", e2e_cache)
+    patched = apply_changes(Candidate("e2e-baseline", "debian-6.1"), wt)
+    log = tmp_path_factory.mktemp("build") / "build.log"
+    return build_kernel(patched, KernelConfig(), (FRAGMENT,), e2e_cache, log)
+
+
+@pytest.fixture(scope="session")
+def initramfs(e2e_cache: Path):
+    return build_initramfs(REPO / "vm-templates/initramfs/recipe.yaml", e2e_cache)
+
+
+@pytest.fixture(scope="session")
+def accel():
+    return choose_accelerator("auto")
+
+
+@pytest.fixture(scope="session")
+def test_host(built_kernel, initramfs, host_settings, accel, tmp_path_factory: pytest.TempPathFactory):
+    run_dir = tmp_path_factory.mktemp("host")
+    with boot_test_host(LocalExecutor(), built_kernel, initramfs, host_settings, (), run_dir, "shared",
+                        accel) as host:
+        yield host

@@ -5,77 +5,23 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from conftest import FRAGMENT, REPO, TARBALL, qemu_pids
 
-from pipeline.boot import BootFailed, boot_test_host, choose_accelerator
+from pipeline.boot import BootFailed, boot_test_host
 from pipeline.build import ConfigOptionDropped, build_kernel
-from pipeline.config import Candidate, Change, KernelConfig, TestHost, Tree, Workload
+from pipeline.config import Candidate, Change, KernelConfig, Workload
 from pipeline.executor import LocalExecutor
-from pipeline.fetch import checkout_worktree, fetch_tree
-from pipeline.initramfs import build_initramfs
+from pipeline.fetch import checkout_worktree
 from pipeline.patch import apply_changes
 from pipeline.workload import build_vmm, install_vmm, run_workload
 
-REPO = Path(__file__).resolve().parent.parent
-TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
-FRAGMENT = REPO / "vm-templates/kernel/kvm-host.config"
-
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not TARBALL.exists(), reason="apt-get install linux-source-6.1 (./setup.sh)")]
-
-
-def qemu_pids() -> set[int]:
-    out = subprocess.run(["pgrep", "-f", "kpipe-test-host"], capture_output=True, text=True).stdout
-    return {int(p) for p in out.split()}
-
-
-@pytest.fixture(scope="session")
-def e2e_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    env = os.environ.get("KPIPE_TEST_CACHE")
-    return Path(env) if env else tmp_path_factory.mktemp("kpipe-cache")
-
-
-@pytest.fixture(scope="session")
-def host_settings() -> TestHost:
-    return TestHost(qemu_template=REPO / "vm-templates/qemu/x86_64.cmd.j2",
-                    initramfs_recipe=REPO / "vm-templates/initramfs/recipe.yaml", cpus=2, memory_mb=1024,
-                    boot_timeout_s=240)
-
-
-@pytest.fixture(scope="session")
-def fetched(e2e_cache: Path):
-    return fetch_tree(Tree("debian-6.1", tarball=TARBALL), e2e_cache)
-
-
-@pytest.fixture(scope="session")
-def built_kernel(fetched, e2e_cache: Path, tmp_path_factory: pytest.TempPathFactory):
-    wt = checkout_worktree(fetched, "e2e-baseline", e2e_cache)
-    patched = apply_changes(Candidate("e2e-baseline", "debian-6.1"), wt)
-    log = tmp_path_factory.mktemp("build") / "build.log"
-    return build_kernel(patched, KernelConfig(), (FRAGMENT,), e2e_cache, log)
-
-
-@pytest.fixture(scope="session")
-def initramfs(e2e_cache: Path):
-    return build_initramfs(REPO / "vm-templates/initramfs/recipe.yaml", e2e_cache)
-
-
-@pytest.fixture(scope="session")
-def accel():
-    return choose_accelerator("auto")
-
-
-@pytest.fixture(scope="session")
-def test_host(built_kernel, initramfs, host_settings, accel, tmp_path_factory: pytest.TempPathFactory):
-    run_dir = tmp_path_factory.mktemp("host")
-    with boot_test_host(LocalExecutor(), built_kernel, initramfs, host_settings, (), run_dir, "shared",
-                        accel) as host:
-        yield host
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,232 @@
+"""triage: from a patch series posted to a mailing list to a report and a reply email.
+
+The email is untrusted: it is parsed with the standard library, size-checked,
+its diffs' paths are checked before git sees them (patch.check_patch_paths),
+its text reaches the HTML only through autoescaping, and nothing from it is
+ever passed to a shell.
+"""
+from __future__ import annotations
+
+import dataclasses
+import email
+import email.policy
+import email.utils
+import mailbox
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+from .config import Candidate, Change, Config, Tree
+from .errors import UserError
+from .fetch import object_store
+from .gitutil import git
+from .patch import MAX_PATCH_BYTES, check_patch_paths
+
+MAX_SERIES_BYTES = 20 * 1024 * 1024
+MAX_SERIES_PATCHES = 100
+_PATCH_NUM = re.compile(r"\[[^\]]*?(\d+)/(\d+)[^\]]*\]")
+_BASE_COMMIT = re.compile(r"^base-commit: ([0-9a-f]{7,40})\s*$", re.M)
+_MSGID = re.compile(r"^<?[^<>\s@]+@[^<>\s@]+>?$")
+
+
+@dataclass(frozen=True)
+class SeriesPatch:
+    number: int
+    subject: str
+    author: str
+    message_id: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class Series:
+    subject: str  # of the cover letter, else of the first patch
+    message_id: str  # what the reply threads under
+    references: str
+    sender: str
+    to: list[str]
+    cc: list[str]
+    patches: tuple[SeriesPatch, ...]
+    base_commit: str | None
+    skipped: tuple[str, ...]  # subjects of messages that were not patches (cover letter, replies)
+
+
+def _text(msg: Any) -> str:
+    parts = [p for p in msg.walk() if p.get_content_type() == "text/plain"] if msg.is_multipart() else [msg]
+    chunks = []
+    for part in parts:
+        payload: Any = part.get_payload(decode=True) or b""
+        chunks.append(payload.decode(part.get_content_charset() or "utf-8", errors="replace"))
+    return "\n".join(chunks)
+
+
+def _has_diff(text: str) -> bool:
+    return bool(re.search(r"^(diff --git |--- \S+\n\+\+\+ \S+)", text, re.M))
+
+
+def _load_messages(source: Path) -> list[Any]:
+    size = source.stat().st_size
+    if size > MAX_SERIES_BYTES:
+        raise UserError(f"{source}: {size} bytes is larger than the {MAX_SERIES_BYTES} byte limit; refused")
+    head = source.read_bytes()[:5]
+    if head.startswith(b"From "):
+        msgs = [email.message_from_bytes(m.as_bytes(), policy=email.policy.default) for m in mailbox.mbox(source)]
+    else:  # a maildir message or a single .eml
+        msgs = [email.message_from_bytes(source.read_bytes(), policy=email.policy.default)]
+    if len(msgs) > MAX_SERIES_PATCHES + 1:
+        raise UserError(f"{source}: {len(msgs)} messages; at most {MAX_SERIES_PATCHES} patches per series")
+    return msgs
+
+
+def fetch_by_message_id(message_id: str, dest: Path) -> Path:
+    """Fetch a series with b4 (needs the archive to be reachable)."""
+    b4 = shutil.which("b4")
+    hint = ("save the series as an mbox (from your mail client, or `b4 am` where the archive is reachable) "
+            "and pass its path instead")
+    if not b4:
+        raise UserError(f"cannot fetch {message_id}: b4 is not installed; {hint}")
+    res = subprocess.run([b4, "-q", "am", "--no-cover", "-o", str(dest), "--", message_id.strip("<>")],
+                         capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=False)
+    mboxes = sorted(dest.glob("*.mbx"))
+    if res.returncode != 0 or not mboxes:
+        raise UserError(f"cannot fetch {message_id} with b4 (offline, or no such message): "
+                        f"{(res.stderr or res.stdout).strip()[-300:]}\n{hint}")
+    return mboxes[0]
+
+
+def parse_series(source: Path, workdir: Path) -> Series:
+    """Split a posted series into ordered patch files, skipping the cover letter and non-patches."""
+    msgs = _load_messages(source)
+    patches: list[tuple[int, Any, str]] = []
+    skipped: list[str] = []
+    cover: Any = None
+    base_commit = None
+    for msg in msgs:
+        subject = " ".join(str(msg.get("Subject", "")).split())
+        body = _text(msg)
+        m = _BASE_COMMIT.search(body)
+        if m:
+            base_commit = base_commit or m.group(1)
+        num = _PATCH_NUM.search(subject)
+        if num and int(num.group(1)) == 0:
+            cover = msg
+            skipped.append(subject)
+            continue
+        if not _has_diff(body):
+            skipped.append(subject)
+            continue
+        patches.append((int(num.group(1)) if num else 1, msg, subject))
+    if not patches:
+        raise UserError(f"{source}: no patch found (no diff in any message); is this a patch email?")
+    patches.sort(key=lambda p: p[0])
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, (n, msg, subject) in enumerate(patches):
+        raw = msg.as_bytes(policy=email.policy.SMTP.clone(linesep="\n"))
+        if len(raw) > MAX_PATCH_BYTES:
+            raise UserError(f"patch {n} ({subject[:60]}) is larger than {MAX_PATCH_BYTES} bytes; refused")
+        text = raw.decode("utf-8", errors="replace")
+        check_patch_paths(text, f"patch {n} ({subject[:60]})")
+        path = workdir / f"{i + 1:04d}.patch"
+        path.write_bytes(b"From kpipe-triage Mon Sep 17 00:00:00 2001\n" + raw)
+        out.append(SeriesPatch(n, subject, str(msg.get("From", "")), str(msg.get("Message-ID", "")).strip(), path))
+    first = cover or patches[0][1]
+    ref_list = str(first.get("References", "")).split()
+    msgid = str(first.get("Message-ID", "")).strip()
+    return Series(subject=" ".join(str(first.get("Subject", "")).split()), message_id=msgid,
+                  references=" ".join(ref_list + ([msgid] if msgid else [])), sender=str(first.get("From", "")),
+                  to=[a for _, a in email.utils.getaddresses([str(v) for v in first.get_all("To", [])])],
+                  cc=[a for _, a in email.utils.getaddresses([str(v) for v in first.get_all("Cc", [])])],
+                  patches=tuple(out), base_commit=base_commit, skipped=tuple(skipped))
+
+
+def _slug(subject: str) -> str:
+    s = re.sub(r"^(\[[^\]]*\]\s*)+", "", subject)
+    s = re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-.").lower()
+    return ("series-" + s)[:64].rstrip("-.") or "series"
+
+
+def triage_config(cfg: Config, series: Series) -> tuple[Config, str]:
+    """A config with the baseline and one candidate: the series on the baseline's tree
+    (or on the series' base-commit when the object store has it)."""
+    base = cfg.candidate(cfg.baseline)
+    tree_name = base.tree
+    trees = dict(cfg.trees)
+    note = f"applied on the baseline tree '{base.tree}'"
+    if series.base_commit:
+        store = object_store(cfg.cache_dir)
+        has = git(["cat-file", "-e", f"{series.base_commit}^{{commit}}"], store, check=False).returncode == 0
+        if has:
+            tree_name = "series-base"
+            trees[tree_name] = Tree(tree_name, git=str(store), ref=series.base_commit)
+            note = f"applied on its base-commit {series.base_commit[:12]}"
+        else:
+            note += f" (its base-commit {series.base_commit[:12]} is not in the tree)"
+    name = _slug(series.subject)
+    if name == base.name:
+        name += "-1"
+    cand = Candidate(name, tree_name, tuple(Change("patch", p.path.name, p.path) for p in series.patches),
+                     description=series.subject)
+    return dataclasses.replace(cfg, trees=trees, candidates=(base, cand)), note
+
+
+def outcome(results: dict[str, Any], analysis: dict[str, Any], cand: str, series: Series) -> str:
+    """The one paragraph a maintainer reads first."""
+    c = results["candidates"].get(cand, {})
+    st = c.get("stages", {})
+    status = c.get("status")
+    if status == "patch-failed":
+        failed = st.get("patch", {})
+        where = failed.get("location") or "?"
+        which = failed.get("change", "")
+        num = next((p for p in series.patches if which.endswith(p.path.name)), None)
+        label = f"patch {num.number} ({num.subject})" if num else which
+        return f"The series does not apply: {label} fails at {where}.\n\n{failed.get('excerpt', '')[-1500:]}"
+    if status == "build-failed":
+        return "The series applies but the kernel does not build:\n\n" + st.get("build", {}).get("excerpt", "")[-2000:]
+    if status in ("boot-failed", "boot-timeout"):
+        return (f"The kernel with the series does not boot ({status}). Console:\n\n"
+                + st.get("boot", {}).get("excerpt", "")[-2000:])
+    if status != "ok":
+        return f"The evaluation could not finish ({status}): {c.get('status_detail', '')}"
+    row = next(r for r in analysis["rows"] if r["name"] == cand)
+    b = row["comparisons"].get("boot_s", {})
+    cpu = row["comparisons"].get("host_cpu_s", {})
+    word = {"slower": "regresses", "faster": "improves"}.get(b.get("verdict", ""), "makes no significant change to")
+    return (f"The series {word} the guest boot time: {b.get('change_pct', float('nan')):+.1f}% "
+            f"(p = {b.get('p_value', float('nan')):.4f}); host CPU {cpu.get('verdict')} "
+            f"{cpu.get('change_pct', float('nan')):+.1f}%.")
+
+
+def write_reply(series: Series, summary: str, first_paragraph: str, report_link: str, dest: Path) -> Path:
+    """reply.eml, threaded under the series (In-Reply-To/References); never sent."""
+    msg = EmailMessage(policy=email.policy.SMTP)
+    subject = series.subject if series.subject.lower().startswith("re:") else f"Re: {series.subject}"
+    msg["Subject"] = subject
+    if series.sender:
+        msg["To"] = series.sender
+    cc = [a for a in series.to + series.cc if a]
+    if cc:
+        msg["Cc"] = ", ".join(dict.fromkeys(cc))
+    if series.message_id:
+        msg["In-Reply-To"] = series.message_id
+        msg["References"] = series.references
+    msg["Message-ID"] = email.utils.make_msgid(domain="kpipe.localhost")
+    msg["Date"] = email.utils.formatdate(localtime=False)
+    msg.set_content(f"{first_paragraph}\n\n{summary}\nReport: {report_link}\n")
+    dest.write_bytes(msg.as_bytes())
+    return dest
+
+
+def resolve_source(source: str, workdir: Path) -> Path:
+    path = Path(source)
+    if path.is_file():
+        return path
+    if _MSGID.match(source):
+        return fetch_by_message_id(source, Path(tempfile.mkdtemp(prefix="kpipe-b4-", dir=workdir)))
+    raise UserError(f"{source}: not a file, and not a Message-ID")

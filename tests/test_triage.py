@@ -1,0 +1,161 @@
+"""Mailing-list triage: series parsing, threading of the reply, hostile input; and one real run."""
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+from pathlib import Path
+
+import pytest
+from conftest import FRAGMENT, REPO, TARBALL, git
+
+from pipeline.errors import UserError
+from pipeline.patch import UnsafePatch
+from pipeline.triage import parse_series, resolve_source, write_reply
+
+
+def make_mbox(repo: Path, tmp_path: Path, n: int = 2, cover: bool = True, reverse: bool = False) -> Path:
+    git(repo, "checkout", "-q", "-b", "topic")
+    for i in range(n):
+        f = repo / "kernel" / "rcu" / "srcutree.c"
+        f.write_text(f.read_text().replace(f"line {5 + i}\n", f"line {5 + i} patched\n"))
+        git(repo, "commit", "-q", "-a", "-m", f"srcu: step {i + 1}\n\nBody of step {i + 1}.")
+    args = ["format-patch", "--thread", "-o", str(tmp_path / "fp"), "--to=list@example.org",
+            "--cc=maint@example.org", "--no-signature", f"HEAD~{n}"]
+    if cover:
+        args.insert(1, "--cover-letter")
+    files = git(repo, *args).split()
+    git(repo, "checkout", "-q", "master")
+    texts = [Path(f).read_text() for f in files]
+    if reverse:
+        texts.reverse()
+    mbox = tmp_path / "series.mbox"
+    mbox.write_text("".join(t if t.endswith("\n") else t + "\n" for t in texts))
+    return mbox
+
+
+def test_series_in_order_cover_letter_skipped(small_repo: Path, tmp_path: Path) -> None:
+    series = parse_series(make_mbox(small_repo, tmp_path, reverse=True), tmp_path / "work")
+    assert [p.number for p in series.patches] == [1, 2]
+    assert [p.subject for p in series.patches] == ["[PATCH 1/2] srcu: step 1", "[PATCH 2/2] srcu: step 2"]
+    assert series.skipped and "0/2" in series.skipped[0]
+    assert series.subject.startswith("[PATCH 0/2]")  # the reply threads under the cover letter
+    assert series.to == ["list@example.org"] and series.cc == ["maint@example.org"]
+    # The extracted patches apply with git am, in order.
+    git(small_repo, "am", *[str(p.path) for p in series.patches])
+    assert "line 6 patched" in (small_repo / "kernel/rcu/srcutree.c").read_text()
+
+
+def test_reply_threads_under_the_original(small_repo: Path, tmp_path: Path) -> None:
+    series = parse_series(make_mbox(small_repo, tmp_path), tmp_path / "work")
+    reply = write_reply(series, "summary text\n", "The series regresses.", "http://x/r/index.html",
+                        tmp_path / "reply.eml")
+    msg = email.message_from_bytes(reply.read_bytes(), policy=email.policy.default)
+    assert msg["In-Reply-To"] == series.message_id and series.message_id.startswith("<")
+    assert series.message_id in msg["References"]
+    assert msg["Subject"] == "Re: " + series.subject
+    assert msg["To"] == series.sender and "list@example.org" in msg["Cc"]
+    assert "The series regresses." in msg.get_content() and "http://x/r/index.html" in msg.get_content()
+
+
+def test_single_patch_without_cover_letter(small_repo: Path, tmp_path: Path) -> None:
+    series = parse_series(make_mbox(small_repo, tmp_path, n=1, cover=False), tmp_path / "work")
+    assert len(series.patches) == 1 and series.subject.startswith("[PATCH]")
+
+
+def hostile_message(subject: str, diff: str) -> bytes:
+    return (f"From: Mallory <m@example.org>\nTo: list@example.org\nSubject: {subject}\n"
+            f"Message-ID: <evil@example.org>\n\nText.\n---\n{diff}").encode()
+
+
+@pytest.mark.parametrize("diff,why", [
+    ("--- a/../../etc/passwd\n+++ b/../../etc/passwd\n@@ -1 +1 @@\n-a\n+b\n", "outside the tree"),
+    ("--- /etc/passwd\n+++ /etc/passwd\n@@ -1 +1 @@\n-a\n+b\n", "outside the tree"),
+    ("diff --git a/l b/l\nnew file mode 120000\n--- /dev/null\n+++ b/l\n@@ -0,0 +1 @@\n+/etc\n", "symlink"),
+])
+def test_hostile_paths_are_refused(tmp_path: Path, diff: str, why: str) -> None:
+    src = tmp_path / "evil.eml"
+    src.write_bytes(hostile_message("[PATCH] evil", diff))
+    with pytest.raises(UnsafePatch, match=why):
+        parse_series(src, tmp_path / "work")
+
+
+def test_non_patch_and_oversized_emails_are_refused(tmp_path: Path) -> None:
+    src = tmp_path / "chat.eml"
+    src.write_bytes(b"From: a@example.org\nSubject: Re: hello\n\nJust chatting.\n")
+    with pytest.raises(UserError, match="no patch found"):
+        parse_series(src, tmp_path / "work")
+    big = tmp_path / "big.mbox"
+    with open(big, "wb") as f:
+        f.truncate(21 * 1024 * 1024)
+    with pytest.raises(UserError, match="larger than"):
+        parse_series(big, tmp_path / "work")
+
+
+def test_header_injection_does_not_add_headers(tmp_path: Path) -> None:
+    diff = "--- a/README\n+++ b/README\n@@ -1 +1 @@\n-a\n+b\n"
+    src = tmp_path / "inj.eml"
+    src.write_bytes(hostile_message("=?utf-8?q?x=0D=0ABcc:_victim@example.org?= <script>", diff))
+    series = parse_series(src, tmp_path / "work")
+    reply = write_reply(series, "s\n", "p", "l", tmp_path / "reply.eml")
+    msg = email.message_from_bytes(reply.read_bytes(), policy=email.policy.default)
+    assert msg["Bcc"] is None
+
+
+def test_message_id_offline_says_to_pass_the_mbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no b4 here, as on an offline machine without it
+    with pytest.raises(UserError, match="pass its path instead"):
+        resolve_source("<20220611.1234-1-someone@example.org>", tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not TARBALL.exists(), reason="apt-get install linux-source-6.1")
+def test_triage_of_the_regression_patch_and_of_a_patch_that_does_not_apply(built_kernel, e2e_cache: Path,
+                                                                            tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.cli import main
+
+    monkeypatch.setenv("KPIPE_CACHE_DIR", str(e2e_cache))
+    cfg = tmp_path / "pipeline.yaml"
+    cfg.write_text(f"""
+trees:
+  debian-6.1: {{tarball: {TARBALL}}}
+baseline: base
+candidates:
+  - {{name: base, tree: debian-6.1}}
+kernel: {{fragments: [{FRAGMENT}]}}
+test_host:
+  qemu_template: {REPO}/vm-templates/qemu/x86_64.cmd.j2
+  initramfs_recipe: {REPO}/vm-templates/initramfs/recipe.yaml
+workload: {{cycles: 3000, spin_mode: loop, timeout_s: 240}}
+repetitions: {{warmup: 0, counted: 4}}
+""")
+    posted = (REPO / "patches/0001-srcu-v5.19-rc1-expedited-policy-regression.patch").read_text()
+    posted = posted.replace("\nSubject: ", "\nMessage-ID: <regression-1@example.org>\nTo: rcu@example.org\n"
+                            "Subject: ", 1)
+    mbox = tmp_path / "posted.mbox"
+    mbox.write_text(posted)
+    assert main(["triage", str(mbox), "-c", str(cfg)]) == 2
+    report = next(p for p in (tmp_path / "reports").iterdir() if p.is_dir())
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["analysis"]["regressions"] == ["series-srcu-bring-back-the-v5.19-rc1-expedited-grace-period-poli"]
+    reply = email.message_from_bytes((report / "reply.eml").read_bytes(), policy=email.policy.default)
+    assert reply["In-Reply-To"] == "<regression-1@example.org>"
+    assert reply["Subject"].startswith("Re: [PATCH] srcu: bring back")
+    assert "regresses the guest boot time" in reply.get_content()
+
+    conflicting = posted.replace("-#define SRCU_INTERVAL", "-#define SRCU_INTERVAL_NOT_THERE").replace(
+        "<regression-1@", "<conflict-1@")
+    bad = tmp_path / "bad.mbox"
+    bad.write_text(conflicting)
+    # Any context mismatch makes it fail; check the reply names the patch and file.
+    text = bad.read_text()
+    text = text.replace(" static unsigned long srcu_get_delay(struct srcu_struct *ssp)",
+                        " static unsigned long srcu_get_delay_renamed(struct srcu_struct *ssp)", 1)
+    bad.write_text(text)
+    assert main(["triage", str(bad), "-c", str(cfg)]) == 2
+    newest = sorted((p for p in (tmp_path / "reports").iterdir() if p.is_dir()), key=lambda p: p.name)[-1]
+    reply = email.message_from_bytes((newest / "reply.eml").read_bytes(), policy=email.policy.default)
+    body = reply.get_content()
+    assert "does not apply" in body and "kernel/rcu/srcutree.c" in body
+    assert reply["In-Reply-To"] == "<conflict-1@example.org>"
