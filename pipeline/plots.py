@@ -109,8 +109,50 @@ def latency_percentiles(results: dict[str, Any], order: list[str]) -> str:
     return _svg(fig)
 
 
+def swept_parameters(results: dict[str, Any], order: list[str]) -> dict[str, list[tuple[float, str]]]:
+    """Kernel parameters given numeric values by two or more candidates: name -> [(value, candidate)]."""
+    specs = results.get("candidate_specs", {})
+    found: dict[str, list[tuple[float, str]]] = {}
+    for name in order:
+        for ch in specs.get(name, {}).get("changes", []):
+            if ch.get("kind") != "cmdline":
+                continue
+            for word in str(ch.get("value", "")).split():
+                key, _, value = word.partition("=")
+                try:
+                    found.setdefault(key, []).append((float(value), name))
+                except ValueError:
+                    pass
+    return {k: sorted(v) for k, v in found.items() if len({x for x, _ in v}) >= 2}
+
+
+def sweep(results: dict[str, Any], order: list[str], param: str, points: list[tuple[float, str]]) -> str:
+    """Median guest boot time and host CPU (with min-max bars) against a swept boot parameter."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for metric, color, label in (("boot_s", COLORS[0], "guest boot (s)"), ("host_cpu_s", COLORS[1], "host CPU (s)")):
+        xs, meds, lo, hi = [], [], [], []
+        for value, name in points:
+            vals = sorted(r["metrics"][metric] for r in _runs(results, name))
+            if not vals:
+                continue
+            med = vals[len(vals) // 2]
+            xs.append(value)
+            meds.append(med)
+            lo.append(med - vals[0])
+            hi.append(vals[-1] - med)
+        if xs:
+            ax.errorbar(xs, meds, yerr=[lo, hi], marker="o", color=color, label=label, capsize=3)
+    ax.set_xscale("log")
+    ax.set_xlabel(_label(param) + " (log)")
+    ax.set_ylim(bottom=0)
+    if ax.has_data():
+        ax.legend(fontsize=8, frameon=False)
+    return _svg(fig)
+
+
 def all_plots(results: dict[str, Any], order: list[str]) -> dict[str, str]:
-    return {
+    sweeps = {f"sweep: {k}": sweep(results, order, k, v) for k, v in swept_parameters(results, order).items()}
+    return sweeps | {
         "boot": distribution(results, order, "boot_s", "guest boot time", "s"),
         "cpu": distribution(results, order, "host_cpu_s", "host CPU over the boot", "s"),
         "tradeoff": tradeoff(results, order),

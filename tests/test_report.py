@@ -93,3 +93,20 @@ def test_report_command_formats_and_exit_code(real, tmp_path: Path, capsys: pyte
     assert "Full report:" in capsys.readouterr().out
     assert main(["report", str(run_dir), "-c", str(cfg), "--format", "json"]) == 2
     assert json.loads(capsys.readouterr().out)["analysis"]["regressions"]
+
+
+def test_swept_parameter_is_found_and_plotted(real) -> None:
+    from pipeline.plots import swept_parameters
+
+    results, metadata = real
+    r = copy.deepcopy(results)
+    src = r["candidates"]["srcu-params-5.19"]
+    r["candidates"]["phase-10"] = copy.deepcopy(src)
+    r["candidate_order"].append("phase-10")
+    r["candidate_specs"]["phase-10"] = {"changes": [{"kind": "cmdline",
+                                                    "value": "srcutree.srcu_max_nodelay_phase=10"}]}
+    sweeps = swept_parameters(r, r["candidate_order"])
+    assert [v for v, _ in sweeps["srcutree.srcu_max_nodelay_phase"]] == [1.0, 10.0]
+    assert "srcutree.srcu_max_nodelay" not in sweeps  # only one value given
+    page = render_html(r, metadata)
+    assert "Swept boot parameter srcutree.srcu_max_nodelay_phase" in page
