@@ -276,7 +276,7 @@ def load_config(path: str | Path) -> Config:
         "cycles": _positive(r),
         "static_slots": lambda v, p: r.typed(v, p, int, lambda x: 0 <= x <= 32000, "0 to 32000"),
         "spinners": lambda v, p: r.typed(v, p, int, lambda x: 0 <= x <= 16, "0 to 16"),
-        "spin_mode": lambda v, p: r.typed(v, p, str, lambda x: x in ("io", "loop"), "io or loop"),
+        "spin_mode": lambda v, p: r.typed(v, p, str, lambda x: x in ("io", "loop", "cpuid"), "io, loop or cpuid"),
         "pin": lambda v, p: r.typed(v, p, bool),
         "timeout_s": _positive(r),
     })

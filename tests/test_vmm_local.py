@@ -38,10 +38,11 @@ def run_vmm(vmm: Path, *args: str) -> tuple[int, dict]:
     return res.returncode, data
 
 
-@pytest.mark.parametrize("cycles,static_slots,spinners", [(1, 0, 0), (250, 0, 0), (500, 64, 1)])
-def test_exact_counts(vmm: Path, cycles: int, static_slots: int, spinners: int) -> None:
+@pytest.mark.parametrize("cycles,static_slots,spinners,mode", [
+    (1, 0, 0, "loop"), (250, 0, 0, "loop"), (500, 64, 1, "loop"), (300, 0, 1, "cpuid"), (300, 0, 2, "io")])
+def test_exact_counts(vmm: Path, cycles: int, static_slots: int, spinners: int, mode: str) -> None:
     code, data = run_vmm(vmm, "--cycles", str(cycles), "--static-slots", str(static_slots),
-                         "--spinners", str(spinners), "--spin-mode", "loop", "--timeout", "60")
+                         "--spinners", str(spinners), "--spin-mode", mode, "--timeout", "60")
     assert code == 0, data
     assert data["status"] == "ok"
     assert data["updates"] == 2 * cycles
@@ -50,6 +51,9 @@ def test_exact_counts(vmm: Path, cycles: int, static_slots: int, spinners: int) 
     assert data["other_exits"] == 0
     assert data["params"]["static_slots"] == static_slots
     assert len(data["spinners_detail"]) == spinners
+    assert data["params"]["spin_mode"] == mode
+    if mode == "io":  # every io-mode spinner exit reaches the VMM and is counted
+        assert all(s["exits"] > 0 for s in data["spinners_detail"])
     assert data["boot_ns"] >= data["setup_ns"] + data["update_ns"]["sum"] - 1
     m = derive_metrics(data)
     assert m["updates"] == 2 * cycles and m["boot_s"] > 0

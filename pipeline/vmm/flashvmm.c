@@ -50,6 +50,7 @@
 #define FLASH_CODE_GPA  0x1000
 #define SPIN_IO_GPA     0x2000
 #define SPIN_LOOP_GPA   0x2010
+#define SPIN_CPUID_GPA  0x2020
 #define MAX_SPINNERS    16
 #define MAX_CPUS        64
 #define TIMELINE_POINTS 20
@@ -81,16 +82,26 @@ static const uint8_t spin_io_code[] = {
 	0xEB, 0xFC,                     /* jmp back     */
 };
 static const uint8_t spin_loop_code[] = { 0xEB, 0xFE };  /* jmp $ */
+/* cpuid exits to the host kernel (not to us) every time: in-kernel exits keep
+ * the vCPU thread inside kvm->srcu read-side sections most of the time. */
+static const uint8_t spin_cpuid_code[] = {
+	0x0F, 0xA2,                     /* cpuid        */
+	0xEB, 0xFC,                     /* jmp back     */
+};
 
 struct options {
 	long cycles;
 	long static_slots;
 	int spinners;
-	int spin_io;            /* 1: spinners exit on port I/O, 0: pure loop */
+	int spin_mode;          /* SPIN_IO, SPIN_LOOP or SPIN_CPUID */
 	int flash_cpu;          /* -1: not pinned */
 	int spinner_cpu;        /* -1: not pinned */
 	int timeout_s;
 };
+
+enum { SPIN_IO, SPIN_LOOP, SPIN_CPUID };
+static const char *spin_names[] = { "io", "loop", "cpuid" };
+static const unsigned long spin_entry[] = { SPIN_IO_GPA, SPIN_LOOP_GPA, SPIN_CPUID_GPA };
 
 struct cpu_times { unsigned long long v[8]; };  /* user nice system idle iowait irq softirq steal */
 
@@ -288,7 +299,7 @@ static void usage(void)
 {
 	fprintf(stderr,
 		"usage: flashvmm [--cycles N] [--static-slots N] [--spinners N]\n"
-		"                [--spin-mode io|loop] [--flash-cpu C] [--spinner-cpu C]\n"
+		"                [--spin-mode io|loop|cpuid] [--flash-cpu C] [--spinner-cpu C]\n"
 		"                [--timeout SECONDS]\n");
 	exit(1);
 }
@@ -298,7 +309,7 @@ static void parse_args(int argc, char **argv, struct options *o)
 	o->cycles = 6000;
 	o->static_slots = 0;
 	o->spinners = 1;
-	o->spin_io = 1;
+	o->spin_mode = SPIN_IO;
 	o->flash_cpu = -1;
 	o->spinner_cpu = -1;
 	o->timeout_s = 600;
@@ -313,8 +324,14 @@ static void parse_args(int argc, char **argv, struct options *o)
 			o->static_slots = atol(v);
 		else if (!strcmp(a, "--spinners"))
 			o->spinners = atoi(v);
-		else if (!strcmp(a, "--spin-mode"))
-			o->spin_io = !strcmp(v, "io");
+		else if (!strcmp(a, "--spin-mode")) {
+			o->spin_mode = -1;
+			for (int m = 0; m < 3; m++)
+				if (!strcmp(v, spin_names[m]))
+					o->spin_mode = m;
+			if (o->spin_mode < 0)
+				usage();
+		}
 		else if (!strcmp(a, "--flash-cpu"))
 			o->flash_cpu = atoi(v);
 		else if (!strcmp(a, "--spinner-cpu"))
@@ -386,6 +403,7 @@ int main(int argc, char **argv)
 	memcpy(ram + FLASH_CODE_GPA, flash_code, sizeof(flash_code));
 	memcpy(ram + SPIN_IO_GPA, spin_io_code, sizeof(spin_io_code));
 	memcpy(ram + SPIN_LOOP_GPA, spin_loop_code, sizeof(spin_loop_code));
+	memcpy(ram + SPIN_CPUID_GPA, spin_cpuid_code, sizeof(spin_cpuid_code));
 	memset(flash, FLASH_BYTE, FLASH_SIZE);
 	set_slot(SLOT_RAM, 0, RAM_SIZE, ram, 0);
 	set_slot(SLOT_FLASH, FLASH_GPA, FLASH_SIZE, flash, KVM_MEM_READONLY);
@@ -398,7 +416,7 @@ int main(int argc, char **argv)
 		struct spinner *s = &spinners[i];
 
 		memset(s, 0, sizeof(*s));
-		s->fd = create_vcpu(1 + i, o.spin_io ? SPIN_IO_GPA : SPIN_LOOP_GPA, 0, &s->run);
+		s->fd = create_vcpu(1 + i, spin_entry[o.spin_mode], 0, &s->run);
 		s->cpu_wanted = o.spinner_cpu;
 		s->cpu_seen = -1;
 	}
@@ -500,7 +518,7 @@ int main(int argc, char **argv)
 	printf("  \"tool\": \"flashvmm\", \"version\": 1,\n  \"failure\": \"%s\",\n", failure);
 	printf("  \"params\": {\"cycles\": %ld, \"static_slots\": %ld, \"spinners\": %d, "
 	       "\"spin_mode\": \"%s\", \"flash_cpu\": %d, \"spinner_cpu\": %d},\n",
-	       o.cycles, o.static_slots, o.spinners, o.spin_io ? "io" : "loop",
+	       o.cycles, o.static_slots, o.spinners, spin_names[o.spin_mode],
 	       o.flash_cpu, o.spinner_cpu);
 	printf("  \"boot_ns\": %llu,\n  \"setup_ns\": %llu,\n  \"flash_ns\": %llu,\n",
 	       t_end - t_start, t_setup_done - t_start, t_end - t_setup_done);
