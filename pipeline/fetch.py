@@ -19,8 +19,8 @@ import git as gitpython
 
 from .config import Tree
 from .errors import UserError
-from .gitutil import GIT_ENV, git, head
-from .proc import CommandFailed
+from .gitutil import git, head
+from .proc import CommandFailed, run
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,6 @@ def _extract(tarball: Path, dest: Path) -> Path:
                 raise UserError(f"{tarball}: member {name!r} points outside the tree; refusing it")
             first = first or name.split("/")[0]
             break
-    from .proc import run
     run(["tar", "-xf", tarball, "-C", dest, "--no-same-owner", "--no-same-permissions"])
     tops = [p for p in dest.iterdir() if p.is_dir() and p.name != "index"]
     if len(tops) == 1 and first and tops[0].name == first:
@@ -162,5 +161,3 @@ def checkout_worktree(fetched: FetchedTree, candidate: str, cache_dir: Path,
     assert head(path) == fetched.commit
     return Worktree(candidate, path, fetched.commit, fetched)
 
-
-__all__ = ["FetchedTree", "Worktree", "fetch_tree", "checkout_worktree", "object_store", "GIT_ENV"]

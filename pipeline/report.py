@@ -1,7 +1,6 @@
 """report: HTML (jinja2, autoescaped), a 72-column text summary and JSON, from results.json only."""
 from __future__ import annotations
 
-import html
 import json
 import math
 import shutil
@@ -12,7 +11,6 @@ from typing import Any
 import jinja2
 
 from .analysis import METRICS, analyze, fmt_num, fmt_p
-from .results import write_json_atomic
 
 TEMPLATES = Path(__file__).parent / "templates"
 WIDTH = 72
@@ -179,9 +177,3 @@ def write_index(reports_dir: Path) -> Path:
     path.write_text(_env().get_template("index.html.j2").render(entries=entries), encoding="utf-8")
     return path
 
-
-def escape(text: str) -> str:
-    return html.escape(text)
-
-
-__all__ = ["write_report", "render_text", "render_json", "render_html", "write_index", "write_json_atomic"]

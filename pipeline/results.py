@@ -10,8 +10,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-# Candidate statuses, in pipeline order of the stage that sets them.
-PASS, FAIL, SKIP, ERROR = "pass", "fail", "skip", "error"
+# Stage statuses, and candidate statuses in pipeline order of the stage that sets them.
+PASS, FAIL = "pass", "fail"
 CANDIDATE_STATUSES = ("pending", "ok", "patch-failed", "build-failed", "boot-failed", "boot-timeout",
                       "workload-failed", "infra-error")
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import shutil
 import signal
@@ -25,7 +26,7 @@ from .lock import cache_lock
 from .patch import PatchedTree, PatchFailed, UnsafePatch, apply_changes, check_changes
 from .proc import run as run_cmd
 from .progress import Progress
-from .results import RunFolder, now_iso
+from .results import FAIL, PASS, RunFolder, now_iso
 from .stats import summarize
 from .workload import WorkloadFailed, build_vmm, install_vmm, run_workload
 
@@ -68,7 +69,7 @@ def collect_metadata(cfg: Config, accel: tuple[str, str, str], trees: dict[str, 
         "kpipe_version": __version__,
         "config": str(cfg.source),
         "host": {"hostname": socket.gethostname(), "platform": platform.platform(),
-                 "python": platform.python_version(), "cpus": _cpu_count(), "machine": platform.machine()},
+                 "python": platform.python_version(), "cpus": os.cpu_count() or 1, "machine": platform.machine()},
         "compiler": compiler_version(),
         "qemu": qemu_version,
         "accelerator": {"name": accel[0], "args": accel[1], "reason": accel[2]},
@@ -100,11 +101,6 @@ def input_hashes(cfg: Config) -> dict[str, str]:
     return out
 
 
-def _cpu_count() -> int:
-    import os
-    return os.cpu_count() or 1
-
-
 class Runner:
     def __init__(self, cfg: Config, folder: RunFolder, progress: Progress):
         self.cfg = cfg
@@ -133,7 +129,7 @@ class Runner:
                 self.trees[cand.tree] = fetched
                 self.progress.say("fetch", name, f"tree {cand.tree} at {fetched.commit[:12]} "
                                   f"({'reused' if fetched.reused else 'imported'} in {fetched.seconds:.1f} s)")
-            self.folder.record_stage(name, "fetch", {"status": "pass", "tree": cand.tree, "origin": fetched.origin,
+            self.folder.record_stage(name, "fetch", {"status": PASS, "tree": cand.tree, "origin": fetched.origin,
                                                      "commit": fetched.commit, "reused": fetched.reused,
                                                      "seconds": round(fetched.seconds, 2)})
             wt = checkout_worktree(fetched, name, self.cfg.cache_dir, log_file)
@@ -147,7 +143,7 @@ class Runner:
                        {"location": exc.location, "change": f"{exc.change.kind}: {exc.change.value}",
                         "log": self.folder.relative(log_file)})
             return prep
-        self.folder.record_stage(name, "patch", {"status": "pass", "seconds": round(time.monotonic() - t0, 2),
+        self.folder.record_stage(name, "patch", {"status": PASS, "seconds": round(time.monotonic() - t0, 2),
                                                  "worktree": str(wt.path), "log": self.folder.relative(log_file),
                                                  **prep.patched.as_dict()})
         self.progress.say("patch", name, f"{len(cand.changes)} change(s) -> {prep.patched.commit[:12]}")
@@ -163,7 +159,7 @@ class Runner:
         art = prep.artifacts
         if art.cached and art.log.exists() and not build_log.exists():
             shutil.copy2(art.log, build_log)
-        self.folder.record_stage(name, "build", {"status": "pass", **art.as_dict(),
+        self.folder.record_stage(name, "build", {"status": PASS, **art.as_dict(),
                                                  "log": self.folder.relative(build_log)})
         self.progress.say("build", name, f"{art.kernel_release}: "
                           f"{'cached' if art.cached else f'built in {art.seconds:.0f} s'}, {art.warnings} warnings")
@@ -172,7 +168,7 @@ class Runner:
     def _fail(self, prep: Prepared, stage: str, status: str, message: str, excerpt: str,
               extra: dict[str, Any] | None = None) -> None:
         prep.alive = False
-        self.folder.record_stage(prep.candidate.name, stage, {"status": "fail", "message": message,
+        self.folder.record_stage(prep.candidate.name, stage, {"status": FAIL, "message": message,
                                                               "excerpt": excerpt[-6000:], **(extra or {})})
         self.folder.set_status(prep.candidate.name, status, message.splitlines()[0][:300])
         self.progress.say(stage, prep.candidate.name, f"FAILED ({status}): {message.splitlines()[0][:120]}")

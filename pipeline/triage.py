@@ -199,8 +199,8 @@ def outcome(results: dict[str, Any], analysis: dict[str, Any], cand: str, series
     cpu = row["comparisons"].get("host_cpu_s", {})
     word = {"slower": "regresses", "faster": "improves"}.get(b.get("verdict", ""), "makes no significant change to")
     return (f"The series {word} the guest boot time: {b.get('change_pct', float('nan')):+.1f}% "
-            f"(p = {b.get('p_value', float('nan')):.4f}); host CPU {cpu.get('verdict')} "
-            f"{cpu.get('change_pct', float('nan')):+.1f}%.")
+            f"(p = {b.get('p_value', float('nan')):.4f}); host CPU {cpu.get('change_pct', float('nan')):+.1f}% "
+            f"({cpu.get('verdict')}).")
 
 
 def write_reply(series: Series, summary: str, first_paragraph: str, report_link: str, dest: Path) -> Path:
@@ -218,7 +218,11 @@ def write_reply(series: Series, summary: str, first_paragraph: str, report_link:
         msg["References"] = series.references
     msg["Message-ID"] = email.utils.make_msgid(domain="kpipe.localhost")
     msg["Date"] = email.utils.formatdate(localtime=False)
-    msg.set_content(f"{first_paragraph}\n\n{summary}\nReport: {report_link}\n")
+    body = f"{first_paragraph}\n\n{summary}"
+    if report_link not in summary:
+        body += f"\nReport: {report_link}\n"
+    # Plain text as lists expect it: no quoted-printable soft breaks.
+    msg.set_content(body, cte="7bit" if body.isascii() else "8bit")
     dest.write_bytes(msg.as_bytes())
     return dest
 

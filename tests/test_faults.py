@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -101,8 +102,33 @@ def test_sigterm_mid_workload_then_resume_keeps_every_counted_run(built_kernel, 
         assert sorted(r["round"] for r in final) == [0, 1, 2]
 
 
+def test_sigkill_of_the_pipeline_takes_qemu_down_and_resume_finishes(built_kernel, e2e_cache: Path,
+                                                                     tmp_path: Path) -> None:
+    """SIGKILL runs no cleanup code at all: the parent-death signal must still end QEMU."""
+    before = qemu_pids()
+    cfg = write_config(tmp_path, "", cycles=3000, counted=3)
+    proc = start_run(cfg, e2e_cache)
+    wait_for(lambda: counted(tmp_path, "base") >= 1, 400, "a first counted run")
+    wait_for(lambda: bool(qemu_pids() - before), 120, "the next test host")
+    proc.kill()
+    proc.communicate(timeout=30)
+    no_new_qemu(before)
+    run_dir, res = results_of(tmp_path)
+    assert res["status"] == "running"  # nobody could write "interrupted"
+    kept = list(res["candidates"]["base"]["runs"])
+    proc = start_run(cfg, e2e_cache, "--resume", run_dir.name)
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out
+    _, res = results_of(tmp_path)
+    assert res["status"] == "finished"
+    assert res["candidates"]["base"]["runs"][: len(kept)] == kept
+    assert len(res["candidates"]["base"]["runs"]) == 3
+
+
 def test_sigterm_mid_build_then_resume(built_kernel, e2e_cache: Path, tmp_path: Path) -> None:
     before = qemu_pids()
+    # An empty build dir, so the build takes long enough to be interrupted (even with ccache warm).
+    shutil.rmtree(e2e_cache / "worktrees" / "other" / "build", ignore_errors=True)
     frag = tmp_path / "localversion.config"
     frag.write_text(f'CONFIG_LOCALVERSION="-fault{os.getpid()}"\n')  # a build nobody has cached
     cfg = write_config(tmp_path, f"  - {{name: other, tree: debian-6.1, changes: [{{config: {frag}}}]}}",
