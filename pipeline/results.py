@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 # Stage statuses, and candidate statuses in pipeline order of the stage that sets them.
-PASS, FAIL = "pass", "fail"
+PASS, FAIL, SKIP = "pass", "fail", "skip"  # SKIP: an earlier stage failed
+STAGES = ("fetch", "patch", "build", "boot", "run")
 CANDIDATE_STATUSES = ("pending", "ok", "patch-failed", "build-failed", "boot-failed", "boot-timeout",
                       "workload-failed", "infra-error")
 

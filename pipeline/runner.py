@@ -16,7 +16,7 @@ import paramiko
 
 from . import __version__
 from .boot import BootFailed, boot_test_host, choose_accelerator
-from .build import BuildArtifacts, BuildFailed, build_kernel, compiler_version
+from .build import BuildArtifacts, BuildFailed, build_kernel, compiler_version, parse_config
 from .config import Candidate, Config
 from .errors import InfraError, PipelineError, UserError
 from .executor import LocalExecutor
@@ -26,7 +26,7 @@ from .lock import cache_lock
 from .patch import PatchedTree, PatchFailed, UnsafePatch, apply_changes, check_changes
 from .proc import run as run_cmd
 from .progress import Progress
-from .results import FAIL, PASS, RunFolder, now_iso
+from .results import FAIL, PASS, SKIP, STAGES, RunFolder, now_iso
 from .stats import summarize
 from .workload import WorkloadFailed, build_vmm, install_vmm, run_workload
 
@@ -165,11 +165,32 @@ class Runner:
                           f"{'cached' if art.cached else f'built in {art.seconds:.0f} s'}, {art.warnings} warnings")
         return prep
 
+    def record_config_differences(self, preps: list[Prepared]) -> None:
+        """Each built candidate's final .config against the baseline's, for the report."""
+        base = next((p for p in preps if p.candidate.name == self.cfg.baseline and p.artifacts), None)
+        if base is None or base.artifacts is None:
+            return
+        base_opts = parse_config(base.artifacts.config.read_text())
+        for prep in preps:
+            if prep.artifacts is None or prep is base:
+                continue
+            opts = parse_config(prep.artifacts.config.read_text())
+            diff = [f"{k}: {base_opts.get(k, 'n')} -> {opts.get(k, 'n')}"
+                    for k in sorted(set(base_opts) | set(opts)) if base_opts.get(k, "n") != opts.get(k, "n")]
+            with self.folder._lock:
+                self.folder.candidate(prep.candidate.name)["stages"]["build"]["config_diff"] = diff
+        self.folder.save()
+
     def _fail(self, prep: Prepared, stage: str, status: str, message: str, excerpt: str,
               extra: dict[str, Any] | None = None) -> None:
         prep.alive = False
         self.folder.record_stage(prep.candidate.name, stage, {"status": FAIL, "message": message,
                                                               "excerpt": excerpt[-6000:], **(extra or {})})
+        later = STAGES[STAGES.index(stage) + 1:]
+        with self.folder._lock:
+            stages = self.folder.candidate(prep.candidate.name)["stages"]
+            for skipped in later:
+                stages.setdefault(skipped, {"status": SKIP, "message": f"{stage} failed"})
         self.folder.set_status(prep.candidate.name, status, message.splitlines()[0][:300])
         self.progress.say(stage, prep.candidate.name, f"FAILED ({status}): {message.splitlines()[0][:120]}")
 
@@ -329,6 +350,7 @@ def run_pipeline(cfg: Config, only: list[str] | None = None, progress: Progress 
                     preps.append(Prepared(c, alive=False))  # failed before the interruption: keep it
                     continue
                 preps.append(runner.prepare(c))
+            runner.record_config_differences(preps)
             folder.write_metadata(collect_metadata(cfg, accel, runner.trees))
             if any(p.alive for p in preps):
                 initramfs = build_initramfs(cfg.test_host.initramfs_recipe, cfg.cache_dir,

@@ -141,6 +141,8 @@ repetitions: {{warmup: 0, counted: 2}}
     run_dir = next((tmp_path / "runs").iterdir())
     results = json.loads((run_dir / "results.json").read_text())
     assert results["candidates"]["bad"]["status"] == "patch-failed"
+    assert {results["candidates"]["bad"]["stages"][s]["status"] for s in ("build", "boot", "run")} == {"skip"}
+    assert results["candidates"]["params"]["stages"]["build"]["config_diff"] == []  # same kernel, other cmdline
     assert "kernel/rcu/srcutree.c" in results["candidates"]["bad"]["stages"]["patch"]["excerpt"]
     for name in ("base", "params"):
         c = results["candidates"][name]
