@@ -159,3 +159,30 @@ repetitions: {{warmup: 0, counted: 4}}
     body = reply.get_content()
     assert "does not apply" in body and "kernel/rcu/srcutree.c" in body
     assert reply["In-Reply-To"] == "<conflict-1@example.org>"
+
+
+@pytest.mark.parametrize("status,stage,expect", [
+    ("build-failed", "build", "does not build"),
+    ("boot-failed", "boot", "does not boot (boot-failed)"),
+    ("boot-timeout", "boot", "does not boot (boot-timeout)"),
+])
+def test_outcome_quotes_the_failure(small_repo: Path, tmp_path: Path, status: str, stage: str, expect: str) -> None:
+    from pipeline.triage import outcome
+
+    series = parse_series(make_mbox(small_repo, tmp_path), tmp_path / "work")
+    results = {"candidates": {"s": {"status": status, "stages": {stage: {"excerpt": "srcutree.c:12: error: x"}}}}}
+    text = outcome(results, {"rows": []}, "s", series)
+    assert expect in text and "srcutree.c:12: error: x" in text
+
+
+@pytest.mark.parametrize("verdict,word", [("slower", "regresses"), ("faster", "improves"),
+                                          ("no significant change", "makes no significant change to")])
+def test_outcome_verdict_words(small_repo: Path, tmp_path: Path, verdict: str, word: str) -> None:
+    from pipeline.triage import outcome
+
+    series = parse_series(make_mbox(small_repo, tmp_path), tmp_path / "work")
+    comp = {"boot_s": {"verdict": verdict, "change_pct": 12.0, "p_value": 0.01},
+            "host_cpu_s": {"verdict": "less CPU", "change_pct": -3.0}}
+    text = outcome({"candidates": {"s": {"status": "ok"}}}, {"rows": [{"name": "s", "comparisons": comp}]}, "s",
+                   series)
+    assert text.startswith(f"The series {word} the guest boot time: +12.0% (p = 0.0100)")
