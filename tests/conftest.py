@@ -25,6 +25,27 @@ def qemu_pids() -> set[int]:
     return {int(p) for p in out.split()}
 
 
+def small_config(tmp_path: Path, candidates: str = "", cycles: int = 300, counted: int = 2) -> Path:
+    """A pipeline.yaml for end-to-end tests: candidate 'base' on the imported 6.1 tree, plus `candidates`
+    (YAML list items, indented two spaces), no warm-up."""
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(f"""
+trees:
+  debian-6.1: {{tarball: {TARBALL}}}
+baseline: base
+candidates:
+  - {{name: base, tree: debian-6.1}}
+{candidates}
+kernel: {{fragments: [{FRAGMENT}]}}
+test_host:
+  qemu_template: {REPO}/vm-templates/qemu/x86_64.cmd.j2
+  initramfs_recipe: {REPO}/vm-templates/initramfs/recipe.yaml
+workload: {{cycles: {cycles}, spin_mode: loop, timeout_s: 240}}
+repetitions: {{warmup: 0, counted: {counted}, retries: 2}}
+""")
+    return path
+
+
 # -- end-to-end: one real kernel and one booted test host for the whole session --------------
 
 

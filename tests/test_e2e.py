@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FRAGMENT, REPO, TARBALL, qemu_pids
+from conftest import FRAGMENT, TARBALL, qemu_pids, small_config
 
 from pipeline.boot import BootFailed, boot_test_host
 from pipeline.build import ConfigOptionDropped, build_kernel
@@ -112,27 +112,13 @@ def test_full_pipeline_run_with_a_failing_candidate(built_kernel, e2e_cache: Pat
 
     (tmp_path / "bad.patch").write_text(
         "--- a/kernel/rcu/srcutree.c\n+++ b/kernel/rcu/srcutree.c\n@@ -1 +1 @@\n-no such line\n+x\n")
-    cfg_text = f"""
-trees:
-  debian-6.1: {{tarball: {TARBALL}}}
-baseline: base
-candidates:
-  - {{name: base, tree: debian-6.1}}
-  - name: params
+    cfg_path = small_config(tmp_path, """  - name: params
     tree: debian-6.1
-    changes: [{{cmdline: srcutree.srcu_max_nodelay_phase=1}}]
+    changes: [{cmdline: srcutree.srcu_max_nodelay_phase=1}]
   - name: "bad-<script>"
     tree: debian-6.1
-    changes: [{{patch: bad.patch}}]
-kernel: {{fragments: [{FRAGMENT}]}}
-test_host:
-  qemu_template: {REPO}/vm-templates/qemu/x86_64.cmd.j2
-  initramfs_recipe: {REPO}/vm-templates/initramfs/recipe.yaml
-workload: {{cycles: 300, spin_mode: loop, timeout_s: 240}}
-repetitions: {{warmup: 0, counted: 2}}
-"""
-    cfg_path = tmp_path / "pipeline.yaml"
-    cfg_path.write_text(cfg_text)
+    changes: [{patch: bad.patch}]""")
+    cfg_text = cfg_path.read_text()
     assert main(["validate", "-c", str(cfg_path)]) == 1  # '<' is not allowed in a candidate name
     cfg_path.write_text(cfg_text.replace('"bad-<script>"', "bad"))
     monkeypatch.setenv("KPIPE_CACHE_DIR", str(e2e_cache))

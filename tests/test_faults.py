@@ -16,30 +16,10 @@ from pathlib import Path
 
 import fabric
 import pytest
-from conftest import FRAGMENT, REPO, TARBALL, qemu_pids
+from conftest import REPO, TARBALL, qemu_pids, small_config
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not TARBALL.exists(), reason="apt-get install linux-source-6.1 (./setup.sh)")]
-
-
-def write_config(tmp_path: Path, candidates: str, cycles: int, counted: int, fragment_extra: str = "") -> Path:
-    text = f"""
-trees:
-  debian-6.1: {{tarball: {TARBALL}}}
-baseline: base
-candidates:
-  - {{name: base, tree: debian-6.1}}
-{candidates}
-kernel: {{fragments: [{FRAGMENT}]}}
-test_host:
-  qemu_template: {REPO}/vm-templates/qemu/x86_64.cmd.j2
-  initramfs_recipe: {REPO}/vm-templates/initramfs/recipe.yaml
-workload: {{cycles: {cycles}, spin_mode: loop, timeout_s: 240}}
-repetitions: {{warmup: 0, counted: {counted}, retries: 2}}
-"""
-    path = tmp_path / "pipeline.yaml"
-    path.write_text(text)
-    return path
 
 
 def start_run(cfg: Path, cache: Path, *extra: str) -> subprocess.Popen:
@@ -76,7 +56,7 @@ def counted(tmp_path: Path, name: str) -> int:
 def test_sigterm_mid_workload_then_resume_keeps_every_counted_run(built_kernel, e2e_cache: Path,
                                                                    tmp_path: Path) -> None:
     before = qemu_pids()
-    cfg = write_config(tmp_path, "  - {name: params, tree: debian-6.1, changes: "
+    cfg = small_config(tmp_path, "  - {name: params, tree: debian-6.1, changes: "
                                  "[{cmdline: srcutree.srcu_max_nodelay_phase=1}]}", cycles=3000, counted=3)
     proc = start_run(cfg, e2e_cache)
     wait_for(lambda: counted(tmp_path, "params") >= 1, 400, "a first counted run of each candidate")
@@ -106,7 +86,7 @@ def test_sigkill_of_the_pipeline_takes_qemu_down_and_resume_finishes(built_kerne
                                                                      tmp_path: Path) -> None:
     """SIGKILL runs no cleanup code at all: the parent-death signal must still end QEMU."""
     before = qemu_pids()
-    cfg = write_config(tmp_path, "", cycles=3000, counted=3)
+    cfg = small_config(tmp_path, "", cycles=3000, counted=3)
     proc = start_run(cfg, e2e_cache)
     wait_for(lambda: counted(tmp_path, "base") >= 1, 400, "a first counted run")
     wait_for(lambda: bool(qemu_pids() - before), 120, "the next test host")
@@ -131,7 +111,7 @@ def test_sigterm_mid_build_then_resume(built_kernel, e2e_cache: Path, tmp_path: 
     shutil.rmtree(e2e_cache / "worktrees" / "other" / "build", ignore_errors=True)
     frag = tmp_path / "localversion.config"
     frag.write_text(f'CONFIG_LOCALVERSION="-fault{os.getpid()}"\n')  # a build nobody has cached
-    cfg = write_config(tmp_path, f"  - {{name: other, tree: debian-6.1, changes: [{{config: {frag}}}]}}",
+    cfg = small_config(tmp_path, f"  - {{name: other, tree: debian-6.1, changes: [{{config: {frag}}}]}}",
                        cycles=300, counted=2)
     proc = start_run(cfg, e2e_cache)
     build_log = tmp_path / "runs"
@@ -186,7 +166,7 @@ def _inject_during_first_workload(tmp_path: Path, action) -> threading.Thread:
 def test_fault_mid_workload_is_retried_and_recorded(fault: str, built_kernel, initramfs, e2e_cache: Path,
                                                     tmp_path: Path) -> None:
     before = qemu_pids()
-    cfg = write_config(tmp_path, "", cycles=8000, counted=2)
+    cfg = small_config(tmp_path, "", cycles=8000, counted=2)
 
     def kill_qemu(run_dir: Path) -> None:
         pid = int((run_dir / "logs/base/r00-a0.pid").read_text())

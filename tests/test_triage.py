@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import FRAGMENT, REPO, TARBALL, git
+from conftest import REPO, TARBALL, git, small_config
 
 from pipeline.errors import UserError
 from pipeline.patch import UnsafePatch
@@ -116,20 +116,7 @@ def test_triage_of_the_regression_patch_and_of_a_patch_that_does_not_apply(built
     from pipeline.cli import main
 
     monkeypatch.setenv("KPIPE_CACHE_DIR", str(e2e_cache))
-    cfg = tmp_path / "pipeline.yaml"
-    cfg.write_text(f"""
-trees:
-  debian-6.1: {{tarball: {TARBALL}}}
-baseline: base
-candidates:
-  - {{name: base, tree: debian-6.1}}
-kernel: {{fragments: [{FRAGMENT}]}}
-test_host:
-  qemu_template: {REPO}/vm-templates/qemu/x86_64.cmd.j2
-  initramfs_recipe: {REPO}/vm-templates/initramfs/recipe.yaml
-workload: {{cycles: 3000, spin_mode: loop, timeout_s: 240}}
-repetitions: {{warmup: 0, counted: 4}}
-""")
+    cfg = small_config(tmp_path, cycles=3000, counted=4)
     posted = (REPO / "patches/0001-srcu-v5.19-rc1-expedited-policy-regression.patch").read_text()
     posted = posted.replace("\nSubject: ", "\nMessage-ID: <regression-1@example.org>\nTo: rcu@example.org\n"
                             "Subject: ", 1)
