@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +117,6 @@ class Config:
     workload: Workload
     repetitions: Repetitions
     report: ReportSettings
-    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def candidate(self, name: str) -> Candidate:
         for c in self.candidates:
@@ -304,7 +303,7 @@ def load_config(path: str | Path) -> Config:
     return Config(source=source, root=root, cache_dir=default_cache_dir(cache_setting, root),
                   runs_dir=runs_dir, trees=trees, baseline=baseline, candidates=candidates,
                   kernel=kernel, test_host=test_host, workload=workload, repetitions=reps,
-                  report=report, raw=data)
+                  report=report)
 
 
 def _load_trees(r: _Reader, data: Any) -> dict[str, Tree]:

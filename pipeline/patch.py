@@ -6,9 +6,6 @@ nothing from a patch is passed to a shell.
 """
 from __future__ import annotations
 
-import email
-import email.header
-import email.policy
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -182,8 +179,3 @@ def _revert(change: Change, wt: Path, log_file: Path | None) -> AppliedChange:
     subject = git(["log", "-1", "--format=%s", sha], wt).output.strip()
     return AppliedChange(change.kind, change.value, [subject], ["kpipe <kpipe@localhost>"], [sha])
 
-
-def mbox_headers(path: Path) -> dict[str, str]:
-    """Subject and author of the first message of an mbox (for display; decoded, not trusted)."""
-    msg = email.message_from_bytes(path.read_bytes()[:65536], policy=email.policy.default)
-    return {"subject": str(msg.get("Subject", "")), "from": str(msg.get("From", ""))}

@@ -8,7 +8,7 @@ import shutil
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,6 @@ class Prepared:
     artifacts: BuildArtifacts | None = None
     alive: bool = True
     boots: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _sigterm(signum: int, frame: object) -> None:
