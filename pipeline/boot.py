@@ -10,7 +10,6 @@ import logging
 import os
 import re
 import shlex
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,17 +42,29 @@ class BootFailed(PipelineError):
         super().__init__(f"{message}\n{excerpt}")
 
 
-def _kvm_usable() -> tuple[bool, str]:
-    if not os.path.exists("/dev/kvm"):
-        return False, "/dev/kvm does not exist"
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return False, "/dev/kvm is not readable and writable by this user"
+def local_kvm_facts() -> dict[str, str]:
+    """The /dev/kvm facts of this machine, in the form the remote probe reports them."""
+    facts = {}
+    if os.path.exists("/dev/kvm"):
+        facts["kvm_exists"] = "1"
+    if os.access("/dev/kvm", os.R_OK | os.W_OK):
+        facts["kvm_rw"] = "1"
     try:
         modules = Path("/proc/modules").read_text()
     except OSError:
         modules = ""
     # Loaded as a module or built in: either way it shows under /sys/module.
     if re.search(r"^kvm_pvm\b", modules, re.M) or Path("/sys/module/kvm_pvm").exists():
+        facts["kvm_pvm"] = "1"
+    return facts
+
+
+def kvm_verdict(facts: dict[str, str]) -> tuple[bool, str]:
+    if not facts.get("kvm_exists"):
+        return False, "/dev/kvm does not exist"
+    if not facts.get("kvm_rw"):
+        return False, "/dev/kvm is not readable and writable by this user"
+    if facts.get("kvm_pvm"):
         return False, ("/dev/kvm is a PVM hypervisor (kvm_pvm), which cannot boot a stock kernel under "
                        "qemu -enable-kvm")
     return True, "/dev/kvm is usable"
@@ -71,10 +82,13 @@ def accel_kvm() -> tuple[str, str]:
 ACCELERATORS: dict[str, Callable[[], tuple[str, str]]] = {"tcg": accel_tcg, "kvm": accel_kvm}
 
 
-def choose_accelerator(wanted: str) -> tuple[str, str, str]:
-    """Return (name, qemu args, reason). 'auto' picks KVM only where it can boot the test host."""
+def choose_accelerator(wanted: str, facts: dict[str, str] | None = None) -> tuple[str, str, str]:
+    """Return (name, qemu args, reason). 'auto' picks KVM only where it can boot the test host.
+
+    `facts` are a host's /dev/kvm facts (remote.PROBE); None means this machine.
+    """
     if wanted == "auto":
-        ok, why = _kvm_usable()
+        ok, why = kvm_verdict(local_kvm_facts() if facts is None else facts)
         name = "kvm" if ok else "tcg"
         args, what = ACCELERATORS[name]()
         reason = f"{what}: {why}" if ok else f"{what}, because {why}"
@@ -111,8 +125,8 @@ class BootedHost:
         return self.connection.run(shlex.join(command), hide=True, warn=warn, timeout=timeout, in_stream=False)
 
 
-def _connect(port: int, initramfs: Initramfs) -> fabric.Connection:
-    conn = fabric.Connection("127.0.0.1", port=port, user="root", connect_timeout=5,
+def _connect(port: int, initramfs: Initramfs, gateway: fabric.Connection | None = None) -> fabric.Connection:
+    conn = fabric.Connection("127.0.0.1", port=port, user="root", connect_timeout=5, gateway=gateway,
                              connect_kwargs={"key_filename": str(initramfs.keys.client_key),
                                              "look_for_keys": False, "allow_agent": False,
                                              "banner_timeout": 15, "auth_timeout": 15})
@@ -139,22 +153,24 @@ def _console_excerpt(text: str, match: re.Match | None = None, lines: int = 40) 
 def boot_test_host(executor: Executor, artifacts: BuildArtifacts, initramfs: Initramfs, host: TestHost,
                    extra_cmdline: tuple[str, ...], run_dir: Path, name: str,
                    accelerator: tuple[str, str, str]) -> Iterator[BootedHost]:
-    """Boot, wait for SSH, yield the host; QEMU is terminated on every way out."""
-    qemu = shutil.which("qemu-system-x86_64")
-    if not qemu:
-        raise InfraError("qemu-system-x86_64 not found; install it with 'apt-get install qemu-system-x86'")
+    """Boot, wait for SSH, yield the host; QEMU is terminated on every way out.
+
+    The executor decides where QEMU runs; logs end up in `run_dir` either way.
+    """
+    qemu = executor.qemu_binary()
     run_dir.mkdir(parents=True, exist_ok=True)
     console_log = run_dir / f"{name}.console.log"
     qemu_log = run_dir / f"{name}.qemu.log"
     for p in (console_log, qemu_log):
         p.unlink(missing_ok=True)
+    console_at = executor.log_path(console_log)
     port = executor.free_port()
     accel_name, accel_args, _ = accelerator
     cmdline = " ".join([host.cmdline, "panic=-1", "oops=panic", *extra_cmdline])
     argv = render_qemu_command(host.qemu_template, qemu=qemu, accel_args=accel_args, cpus=host.cpus,
                                memory_mb=host.memory_mb, kernel=executor.path_for(artifacts.bzimage),
                                initrd=executor.path_for(initramfs.path), cmdline=cmdline, ssh_port=port,
-                               console_log=console_log, pidfile=run_dir / f"{name}.pid")
+                               console_log=console_at, pidfile=executor.log_path(run_dir / f"{name}.pid"))
     start = time.monotonic()
     proc = executor.spawn(argv, qemu_log)
     conn = None
@@ -162,21 +178,21 @@ def boot_test_host(executor: Executor, artifacts: BuildArtifacts, initramfs: Ini
         deadline = start + host.boot_timeout_s
         ready_seen = False
         while True:
-            console = executor.read_text(str(console_log))
+            console = executor.read_text(console_at)
             m = PANIC_RE.search(console)
             if m:
                 time.sleep(1.0)  # let the rest of the oops reach the log
-                console = executor.read_text(str(console_log))
+                console = executor.read_text(console_at)
                 raise BootFailed("boot-failed", f"kernel reported '{m.group(1).strip()}' during boot",
                                  _console_excerpt(console, PANIC_RE.search(console)))
             if not proc.alive():
-                qlog = executor.read_text(str(qemu_log))
+                qlog = executor.read_text(executor.log_path(qemu_log))
                 raise BootFailed("boot-failed", "QEMU exited during boot",
                                  _console_excerpt(console, lines=30) + "\n--- qemu ---\n" + qlog[-2000:])
             ready_seen = ready_seen or initramfs.ready_marker in console
             if ready_seen:
                 try:
-                    conn = _connect(port, initramfs)
+                    conn = _connect(port, initramfs, executor.gateway())
                     break
                 except (OSError, paramiko.SSHException, EOFError) as exc:
                     log.debug("ssh not ready: %s", exc)
@@ -186,7 +202,7 @@ def boot_test_host(executor: Executor, artifacts: BuildArtifacts, initramfs: Ini
                                  _console_excerpt(console, lines=30))
             time.sleep(0.5)
         booted = BootedHost(conn, proc, console_log, port, accel_name, time.monotonic() - start,
-                            artifacts.kernel_release)
+                            artifacts.kernel_release, {"executor": executor.name})
         uname = booted.run(["uname", "-r"], timeout=60)
         booted.info["uname_r"] = uname.stdout.strip()
         yield booted
@@ -197,3 +213,5 @@ def boot_test_host(executor: Executor, artifacts: BuildArtifacts, initramfs: Ini
             except Exception:  # noqa: BLE001 - closing a dead link must not hide the real error
                 pass
         proc.terminate()
+        executor.collect(console_at, console_log)
+        executor.collect(executor.log_path(qemu_log), qemu_log)

@@ -5,6 +5,7 @@ Every error names the key path and the line it came from, e.g.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Callable
@@ -76,6 +77,30 @@ class TestHost:
 
 
 @dataclass(frozen=True)
+class HostSpec:
+    """A machine test hosts run on: this one (`local: true`) or one reached over SSH."""
+
+    name: str
+    local: bool = False
+    host: str = ""
+    port: int = 22
+    user: str = "root"
+    key: Path | None = None  # None: the SSH agent and ~/.ssh keys
+    known_hosts: Path = Path("~/.ssh/known_hosts")
+    workdir: str = "/var/tmp/kpipe"
+    kind: str = ""  # "": derived from what the host check finds (accelerator, CPU model, CPU count)
+    min_free_gb: float = 2.0
+    distcc: str = ""  # "PORT/JOBS" of a distccd there that builds may use
+
+    @property
+    def address(self) -> str:
+        return "this machine" if self.local else f"{self.user}@{self.host}:{self.port}"
+
+
+LOCAL_HOST = HostSpec(name="local", local=True)
+
+
+@dataclass(frozen=True)
 class Workload:
     cycles: int = 6000
     static_slots: int = 0
@@ -101,6 +126,7 @@ class ReportSettings:
     alpha: float = 0.05
     min_effect_pct: float = 5.0
     bootstrap_resamples: int = 2000
+    compare_across_kinds: bool = False  # compare runs made on hosts of different kinds
 
 
 @dataclass(frozen=True)
@@ -117,6 +143,7 @@ class Config:
     workload: Workload
     repetitions: Repetitions
     report: ReportSettings
+    hosts: tuple[HostSpec, ...] = (LOCAL_HOST,)
 
     def candidate(self, name: str) -> Candidate:
         for c in self.candidates:
@@ -222,7 +249,7 @@ def default_cache_dir(setting: str | None, root: Path) -> Path:
 
 
 TOP_KEYS = ("cache_dir", "runs_dir", "trees", "baseline", "candidates", "kernel", "test_host",
-            "workload", "repetitions", "report")
+            "workload", "repetitions", "report", "hosts")
 
 
 def load_config(path: str | Path) -> Config:
@@ -294,16 +321,66 @@ def load_config(path: str | Path) -> Config:
         "alpha": lambda v, p: r.typed(v, p, float, lambda x: 0 < x < 1, "between 0 and 1"),
         "min_effect_pct": lambda v, p: r.typed(v, p, float, lambda x: x >= 0, "must be >= 0"),
         "bootstrap_resamples": lambda v, p: r.typed(v, p, int, lambda x: x >= 100, "at least 100"),
+        "compare_across_kinds": lambda v, p: r.typed(v, p, bool),
     })
     if "dir" not in (data.get("report") or {}):
-        report = ReportSettings((root / "reports").resolve(), report.base_url, report.alpha,
-                                report.min_effect_pct, report.bootstrap_resamples)
+        report = dataclasses.replace(report, dir=(root / "reports").resolve())
     cache_setting = r.typed(data["cache_dir"], "cache_dir", str) if "cache_dir" in data else None
     runs_dir = (root / r.typed(data.get("runs_dir", "runs"), "runs_dir", str)).resolve()
     return Config(source=source, root=root, cache_dir=default_cache_dir(cache_setting, root),
                   runs_dir=runs_dir, trees=trees, baseline=baseline, candidates=candidates,
                   kernel=kernel, test_host=test_host, workload=workload, repetitions=reps,
-                  report=report)
+                  report=report, hosts=_load_hosts(r, data.get("hosts")))
+
+
+HOST_KEYS = ("name", "local", "host", "port", "user", "key", "known_hosts", "workdir", "kind", "min_free_gb",
+             "distcc")
+DISTCC_RE = re.compile(r"^[0-9]{1,5}/[0-9]{1,3}$")
+
+
+def _load_hosts(r: _Reader, data: Any) -> tuple[HostSpec, ...]:
+    if data is None:
+        return (LOCAL_HOST,)
+    items = r.typed(data, "hosts", list, lambda x: len(x) > 0, "list at least one host")
+    hosts: list[HostSpec] = []
+    for i, item in enumerate(items):
+        p = f"hosts[{i}]"
+        m = r.mapping(item, p, HOST_KEYS, ("name",))
+        name = r.typed(m["name"], f"{p}.name", str, lambda x: bool(NAME_RE.match(x)),
+                       "letters, digits, '.', '_' and '-'")
+        if name in {h.name for h in hosts}:
+            raise r.error(f"{p}.name", f"duplicate host name {name!r}")
+        local = r.typed(m.get("local", False), f"{p}.local", bool)
+        if local:
+            extra = sorted(set(m) - {"name", "local", "kind", "min_free_gb", "workdir"})
+            if extra:
+                raise r.error(f"{p}.{extra[0]}", "not used for the local machine (local: true)")
+        elif "host" not in m:
+            raise r.error(p, "missing required key 'host' (or set local: true for this machine)")
+        kw: dict[str, Any] = {"name": name, "local": local}
+        if "host" in m:
+            kw["host"] = r.typed(m["host"], f"{p}.host", str, lambda x: bool(re.match(r"^[A-Za-z0-9.:_-]+$", x)),
+                                 "a host name or address")
+        if "port" in m:
+            kw["port"] = r.typed(m["port"], f"{p}.port", int, lambda x: 0 < x < 65536, "1 to 65535")
+        if "user" in m:
+            kw["user"] = r.typed(m["user"], f"{p}.user", str, lambda x: bool(NAME_RE.match(x)), "a user name")
+        if "key" in m:
+            kw["key"] = r.existing_file(m["key"], f"{p}.key")
+        kw["known_hosts"] = (r.existing_file(m["known_hosts"], f"{p}.known_hosts") if "known_hosts" in m
+                             else Path(os.path.expanduser("~/.ssh/known_hosts")))
+        if "workdir" in m:
+            kw["workdir"] = r.typed(m["workdir"], f"{p}.workdir", str, lambda x: x.startswith("/") and ".." not in x,
+                                    "an absolute path without '..'")
+        if "kind" in m:
+            kw["kind"] = r.typed(m["kind"], f"{p}.kind", str, lambda x: 0 < len(x) <= 100, "1 to 100 characters")
+        if "min_free_gb" in m:
+            kw["min_free_gb"] = r.typed(m["min_free_gb"], f"{p}.min_free_gb", float, lambda x: x >= 0, "must be >= 0")
+        if "distcc" in m:
+            kw["distcc"] = r.typed(m["distcc"], f"{p}.distcc", str, lambda x: bool(DISTCC_RE.match(x)),
+                                   "PORT/JOBS of the distccd on that host, e.g. 3632/4")
+        hosts.append(HostSpec(**kw))
+    return tuple(hosts)
 
 
 def _load_trees(r: _Reader, data: Any) -> dict[str, Tree]:

@@ -1,7 +1,7 @@
 """Executors: where test hosts run. The boot stage only talks to this interface.
 
-`LocalExecutor` runs QEMU on this machine. A remote executor (a lab machine
-over SSH) implements the same four methods.
+`LocalExecutor` runs QEMU on this machine; `remote.RemoteExecutor` runs it on
+a pool host over SSH and implements the same methods.
 """
 from __future__ import annotations
 
@@ -10,13 +10,16 @@ import ctypes
 import logging
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+
+from .errors import InfraError
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +34,21 @@ class Process(Protocol):
 
 
 class Executor(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def spawn(self, argv: Sequence[str], log_file: Path) -> Process: ...
     def free_port(self) -> int: ...
     def path_for(self, local: Path) -> str: ...
+    def log_path(self, local: Path) -> str: ...
+    def collect(self, remote: str, local: Path) -> None: ...
     def read_text(self, path: str) -> str: ...
+    def qemu_binary(self) -> str: ...
+    def gateway(self) -> Any: ...
+    def healthy(self) -> tuple[bool, str]: ...
+    def probe(self) -> dict[str, str]: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
 
 
 def _die_with_parent() -> None:
@@ -79,9 +91,16 @@ class LocalProcess:
 class LocalExecutor:
     """Runs test hosts as child processes of this one; every child is killed at exit."""
 
-    name = "local"
     _live: set[LocalProcess] = set()
     _lock = threading.Lock()
+
+    def __init__(self, name: str = "local", workdir: str = "/var/tmp/kpipe"):
+        self._name = name
+        self.workdir = workdir
+
+    @property
+    def name(self) -> str:
+        return self._name
 
     def spawn(self, argv: Sequence[str], log_file: Path) -> LocalProcess:
         log.info("start: %s", shlex.join(argv))
@@ -104,6 +123,35 @@ class LocalExecutor:
     def path_for(self, local: Path) -> str:
         return str(local)
 
+    def log_path(self, local: Path) -> str:
+        return str(local)
+
+    def collect(self, remote: str, local: Path) -> None:
+        pass  # written in place
+
+    def qemu_binary(self) -> str:
+        qemu = shutil.which("qemu-system-x86_64")
+        if not qemu:
+            raise InfraError("qemu-system-x86_64 not found; install it with 'apt-get install qemu-system-x86'")
+        return qemu
+
+    def gateway(self) -> None:
+        return None
+
+    def healthy(self) -> tuple[bool, str]:
+        return True, "this machine"
+
+    def probe(self) -> dict[str, str]:
+        from .remote import local_probe
+
+        return local_probe(self.workdir)
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        self.kill_all()
+
     def read_text(self, path: str) -> str:
         try:
             return Path(path).read_text(encoding="utf-8", errors="replace")
@@ -118,11 +166,3 @@ class LocalExecutor:
 
 atexit.register(LocalExecutor.kill_all)
 
-EXECUTORS: dict[str, type] = {"local": LocalExecutor}
-
-
-def get_executor(name: str) -> Executor:
-    try:
-        return EXECUTORS[name]()
-    except KeyError:
-        raise ValueError(f"unknown executor {name!r}; valid: {', '.join(EXECUTORS)}") from None

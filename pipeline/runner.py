@@ -7,6 +7,7 @@ import platform
 import shutil
 import signal
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import paramiko
 
 from . import __version__
-from .boot import BootFailed, boot_test_host, choose_accelerator
+from .boot import BootFailed, boot_test_host
 from .build import BuildArtifacts, BuildFailed, build_kernel, compiler_version, parse_config
 from .config import Candidate, Config
 from .errors import InfraError, PipelineError, UserError
@@ -24,6 +25,7 @@ from .fetch import FetchedTree, checkout_worktree, fetch_tree
 from .initramfs import Initramfs, build_initramfs
 from .lock import cache_lock
 from .patch import PatchedTree, PatchFailed, UnsafePatch, apply_changes, check_changes
+from .pool import LOST, OK, HostLost, Job, PoolHost, Stopped, check_pool, dispatch
 from .proc import run as run_cmd
 from .progress import Progress
 from .results import FAIL, PASS, SKIP, STAGES, RunFolder, now_iso
@@ -105,8 +107,9 @@ class Runner:
         self.cfg = cfg
         self.folder = folder
         self.progress = progress
-        self.executor = LocalExecutor()
         self.trees: dict[str, FetchedTree] = {}
+        self.hosts: list[PoolHost] = []
+        self.stop = threading.Event()
 
     # -- fetch, patch, build -------------------------------------------------
     def prepare(self, cand: Candidate) -> Prepared:
@@ -194,24 +197,31 @@ class Runner:
         self.progress.say(stage, prep.candidate.name, f"FAILED ({status}): {message.splitlines()[0][:120]}")
 
     # -- boot and run --------------------------------------------------------
-    def measure_once(self, prep: Prepared, initramfs: Initramfs, vmm: Path, accel: tuple[str, str, str],
+    def measure_once(self, prep: Prepared, initramfs: Initramfs, vmm: Path, pool_host: PoolHost,
                      kind: str, round_idx: int) -> None:
-        """Boot the candidate's kernel, run one repetition, shut down; retry honest infra faults."""
+        """Boot the candidate's kernel on a pool host, run one repetition, shut down.
+
+        Honest infrastructure faults are retried; a fault that turns out to be
+        the pool host going away raises HostLost so another host takes the job.
+        """
         name = prep.candidate.name
         assert prep.artifacts and prep.patched
         c = self.folder.candidate(name)
         retries = self.cfg.repetitions.retries
+        where = f" on {pool_host.name}" if len(self.hosts) > 1 else ""
         for attempt in range(retries + 1):
             tag = f"r{round_idx:02d}-a{attempt}"
             t0 = time.monotonic()
             try:
-                with boot_test_host(self.executor, prep.artifacts, initramfs, self.cfg.test_host,
-                                    prep.patched.cmdline, self.folder.path / "logs" / name, tag, accel) as host:
+                with boot_test_host(pool_host.executor, prep.artifacts, initramfs, self.cfg.test_host,
+                                    prep.patched.cmdline, self.folder.path / "logs" / name, tag,
+                                    pool_host.accel) as host:
                     prep.boots += 1
                     if "boot" not in c["stages"]:
                         self.folder.record_stage(name, "boot", {
                             "status": "pass", "seconds": round(host.boot_seconds, 2), "accelerator": host.accelerator,
-                            "uname_r": host.info.get("uname_r"), "expected_release": prep.artifacts.kernel_release,
+                            "host": pool_host.name, "uname_r": host.info.get("uname_r"),
+                            "expected_release": prep.artifacts.kernel_release,
                             "console_log": self.folder.relative(host.console_log),
                             "cmdline_extra": list(prep.patched.cmdline)})
                     if host.info.get("uname_r") != prep.artifacts.kernel_release:
@@ -220,6 +230,7 @@ class Runner:
                     install_vmm(host, vmm)
                     result = run_workload(host, self.cfg.workload, self.cfg.test_host.cpus)
                     entry = {"round": round_idx, "kind": kind, "attempt": attempt, "finished": now_iso(),
+                             "host": pool_host.name, "host_kind": pool_host.kind,
                              "boot_to_ssh_s": round(host.boot_seconds, 2),
                              "console_log": self.folder.relative(host.console_log), **result}
                 with self.folder._lock:
@@ -229,11 +240,12 @@ class Runner:
                     self.folder.save()
                 m = result["metrics"]
                 self.progress.step_done(time.monotonic() - t0)
-                self.progress.say("run", name, f"{kind} #{round_idx}: guest boot {m['boot_s']:.2f} s, "
+                self.progress.say("run", name, f"{kind} #{round_idx}{where}: guest boot {m['boot_s']:.2f} s, "
                                   f"host CPU {m['host_cpu_s']:.2f} s, {int(m['updates'])} updates, "
                                   f"{int(m['updates_over_2ms'])} over 2 ms")
                 return
             except BootFailed as exc:
+                self._host_check(pool_host, c, tag, exc)
                 retryable = exc.status == "boot-timeout" and attempt < retries
                 self._record_retry(c, tag, exc.status, str(exc), exc.excerpt)
                 if not retryable:
@@ -241,12 +253,14 @@ class Runner:
                     self.progress.step_done(time.monotonic() - t0)
                     return
             except WorkloadFailed as exc:
+                self._host_check(pool_host, c, tag, exc)
                 self._record_retry(c, tag, "workload-failed", str(exc).splitlines()[0], exc.output)
                 if not (exc.infrastructure and attempt < retries):
                     self._fail(prep, "run", "workload-failed", str(exc).splitlines()[0], exc.output)
                     self.progress.step_done(time.monotonic() - t0)
                     return
             except (OSError, InfraError, paramiko.SSHException, EOFError) as exc:
+                self._host_check(pool_host, c, tag, exc)
                 self._record_retry(c, tag, "infra-error", f"{type(exc).__name__}: {exc}", "")
                 if attempt >= retries:
                     self._fail(prep, "run", "infra-error", f"{type(exc).__name__}: {exc}", "")
@@ -254,33 +268,44 @@ class Runner:
                     return
             self.progress.say("retry", name, f"attempt {attempt + 1} of {retries} after an infrastructure fault")
 
+    def _host_check(self, pool_host: PoolHost, c: dict[str, Any], tag: str, exc: BaseException) -> None:
+        """After a failed attempt: stop quietly if the run is being interrupted; raise HostLost if the
+        pool host itself is gone (the failure is then not the candidate's)."""
+        if self.stop.is_set():
+            raise Stopped()
+        ok, why = pool_host.executor.healthy()
+        if ok:
+            return
+        message = f"host {pool_host.name} ({pool_host.spec.address}) stopped answering ({why}) during " \
+                  f"{tag}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        self._record_retry(c, f"{tag}@{pool_host.name}", "host-lost", message, "")
+        self.progress.say("hosts", pool_host.name, f"LOST: {message[:200]}; its job moves to another host")
+        raise HostLost(message)
+
     def _record_retry(self, c: dict[str, Any], tag: str, status: str, message: str, excerpt: str) -> None:
         with self.folder._lock:
             c.setdefault("retries", []).append({"attempt": tag, "status": status, "message": message[:500],
                                                 "excerpt": excerpt[-3000:], "at": now_iso()})
             self.folder.save()
 
-    def measure_all(self, preps: list[Prepared], initramfs: Initramfs, vmm: Path,
-                    accel: tuple[str, str, str]) -> None:
+    def measure_all(self, preps: list[Prepared], initramfs: Initramfs, vmm: Path) -> None:
         reps = self.cfg.repetitions
         rounds = reps.warmup + reps.counted
         live = [p for p in preps if p.alive]
         done = {p.candidate.name: self._rounds_done(p.candidate.name) for p in live}
-        self.progress.plan(sum(rounds - len(done[p.candidate.name] & set(range(rounds))) for p in live))
-        for r in range(rounds):
-            kind = "warmup" if r < reps.warmup else "counted"
-            for prep in live:  # interleaved: A B C A B C ...
-                if prep.alive and r not in done[prep.candidate.name]:
-                    self.measure_once(prep, initramfs, vmm, accel, kind, r)
+        jobs = [self._job(p, r, "warmup" if r < reps.warmup else "counted", initramfs, vmm)
+                for r in range(rounds) for p in live  # interleaved: A B C A B C ...
+                if r not in done[p.candidate.name]]
+        self.progress.plan(len(jobs))
+        self._dispatch(jobs)
         # Adaptive repetitions: more rounds for candidates whose interval is still wide.
         r = max([rounds] + [max(d) + 1 for d in done.values() if d])
         while reps.target_ci_pct > 0:
             wide = [p for p in live if p.alive and self._needs_more(p)]
-            if not wide:
+            if not wide or not any(h.status == OK for h in self.hosts):
                 break
             self.progress.plan(self.progress.total_steps + len(wide))
-            for prep in wide:
-                self.measure_once(prep, initramfs, vmm, accel, "counted", r)
+            self._dispatch([self._job(p, r, "counted", initramfs, vmm) for p in wide])
             r += 1
         for prep in live:
             c = self.folder.candidate(prep.candidate.name)
@@ -292,6 +317,28 @@ class Runner:
             else:
                 why = f"95% interval narrower than {reps.target_ci_pct}% of the median"
             c["stop_reason"] = why if prep.alive else "candidate failed"
+        self.folder.save()
+
+    def _job(self, prep: Prepared, round_idx: int, kind: str, initramfs: Initramfs, vmm: Path) -> Job:
+        return Job(prep.candidate.name, round_idx, kind, alive=lambda: prep.alive, payload=(prep, initramfs, vmm))
+
+    def _dispatch(self, jobs: list[Job]) -> None:
+        def run_job(host: PoolHost, job: Job) -> None:
+            prep, initramfs, vmm = job.payload
+            self.measure_once(prep, initramfs, vmm, host, job.kind, job.round)
+
+        left = dispatch(jobs, self.hosts, run_job, self.stop)
+        self._save_hosts()
+        gone = "; ".join(f"{h.name}: {h.reason}" for h in self.hosts if h.status == LOST)
+        for job in left:
+            prep = job.payload[0]
+            if prep.alive:
+                self._fail(prep, "run", "infra-error", f"no test host left to run round {job.round} ({gone}); "
+                           f"measured rounds are kept, continue with --resume", gone)
+
+    def _save_hosts(self) -> None:
+        with self.folder._lock:
+            self.folder.results["hosts"] = [h.as_dict() for h in self.hosts]
         self.folder.save()
 
     def _rounds_done(self, name: str) -> set[int]:
@@ -340,7 +387,16 @@ def run_pipeline(cfg: Config, only: list[str] | None = None, progress: Progress 
     runner = Runner(cfg, folder, progress)
     try:
         with cache_lock(cfg.cache_dir, f"run {folder.run_id}", wait=wait_for_lock):
-            accel = choose_accelerator(cfg.test_host.accelerator)
+            runner.hosts = check_pool(cfg.hosts, cfg.test_host.accelerator, str(cfg.cache_dir),
+                                      cfg.report.compare_across_kinds)
+            runner._save_hosts()
+            for h in runner.hosts:
+                progress.say("hosts", h.name, f"{h.spec.address}: {h.status}: {h.reason}")
+            usable = [h for h in runner.hosts if h.status == OK]
+            if not usable:
+                raise InfraError("no usable test host:\n  " + "\n  ".join(f"{h.name} ({h.spec.address}): {h.reason}"
+                                                                          for h in runner.hosts))
+            accel = usable[0].accel
             progress.say("boot", "-", f"accelerator: {accel[2]}")
             preps = []
             for c in cands:
@@ -355,7 +411,7 @@ def run_pipeline(cfg: Config, only: list[str] | None = None, progress: Progress 
                 initramfs = build_initramfs(cfg.test_host.initramfs_recipe, cfg.cache_dir,
                                             folder.log_path("_host", "initramfs.log"))
                 vmm = build_vmm(cfg.cache_dir, folder.log_path("_host", "vmm.log"))
-                runner.measure_all(preps, initramfs, vmm, accel)
+                runner.measure_all(preps, initramfs, vmm)
         folder.results["status"] = "finished"
     except (KeyboardInterrupt, Interrupted) as exc:
         folder.results["status"] = "interrupted"
@@ -367,6 +423,8 @@ def run_pipeline(cfg: Config, only: list[str] | None = None, progress: Progress 
         folder.results["status_detail"] = str(exc)
         raise
     finally:
+        for h in runner.hosts:
+            h.executor.close()
         LocalExecutor.kill_all()
         signal.signal(signal.SIGTERM, old_term)
         folder.results["finished"] = now_iso()

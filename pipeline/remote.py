@@ -1,0 +1,327 @@
+"""RemoteExecutor: test hosts run by QEMU on another machine, reached over SSH (fabric).
+
+Everything crosses one SSH connection per pool host:
+- artifacts (kernel, initramfs) go over SFTP once per content, named by sha256;
+- QEMU runs under a small shell tether on an SSH channel: when the channel's
+  stdin closes (we terminate, or our connection dies, even by SIGKILL of the
+  pipeline), the tether kills QEMU, so no QEMU outlives the run on any host;
+- the test host's own SSH port is forwarded on the remote's loopback and
+  reached through this connection (a direct-tcpip channel, `gateway=`);
+- console and QEMU logs are copied back into the local run folder.
+
+Every remote command is built from fixed words plus `shlex.quote`d values;
+nothing from a patch is part of any of them.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import shlex
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fabric
+import paramiko
+
+from .config import HostSpec
+from .errors import InfraError
+
+log = logging.getLogger(__name__)
+
+# $1 = log file, the rest = the command. QEMU's stdin is /dev/null; the watcher
+# reads the channel's stdin (fd 3) and kills QEMU when it closes.
+TETHER = r"""exec 3<&0
+log=$1; shift
+"$@" </dev/null 3<&- >>"$log" 2>&1 &
+child=$!
+echo "pid $child"
+(cat <&3 >/dev/null; kill -TERM "$child"; sleep 3; kill -KILL "$child") >/dev/null 2>&1 &
+exec 3<&-
+wait "$child"
+rc=$?
+echo "exit $rc"
+exit $rc
+"""
+
+# $1 = work directory. One key=value per line; parsed by parse_probe().
+PROBE = r"""wd=$1
+mkdir -p "$wd" 2>/dev/null || echo "error=cannot create $wd"
+echo "machine=$(uname -m)"
+echo "kernel=$(uname -r)"
+echo "cpus=$(nproc)"
+echo "cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)"
+echo "mem_kb=$(sed -n 's/^MemTotal: *\([0-9]*\).*/\1/p' /proc/meminfo)"
+q=$(command -v qemu-system-x86_64 || true)
+echo "qemu=$q"
+[ -n "$q" ] && echo "qemu_version=$("$q" --version | head -n1)"
+echo "free_kb=$(df -Pk "$wd" 2>/dev/null | awk 'NR==2{print $4}')"
+[ -e /dev/kvm ] && echo "kvm_exists=1"
+[ -r /dev/kvm ] && [ -w /dev/kvm ] && echo "kvm_rw=1"
+{ [ -e /sys/module/kvm_pvm ] || grep -q '^kvm_pvm ' /proc/modules 2>/dev/null; } && echo "kvm_pvm=1"
+true
+"""
+
+
+def parse_probe(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.isidentifier():
+            out[key] = value.strip()
+    return out
+
+
+_digests: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file, remembered by (path, size, mtime) for the life of the process."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _digests:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _digests[key] = h.hexdigest()
+    return _digests[key]
+
+
+def connect(spec: HostSpec, timeout: float = 10.0) -> fabric.Connection:
+    """Open an SSH connection to a pool host, verifying its host key against known_hosts."""
+    conn = fabric.Connection(spec.host, port=spec.port, user=spec.user, connect_timeout=timeout,
+                             connect_kwargs={"key_filename": str(spec.key) if spec.key else None,
+                                             "look_for_keys": spec.key is None, "allow_agent": spec.key is None,
+                                             "banner_timeout": timeout, "auth_timeout": timeout})
+    conn.client.load_host_keys(str(spec.known_hosts))
+    conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    try:
+        conn.open()
+    except paramiko.SSHException as exc:
+        if "not found in known_hosts" in str(exc):
+            raise InfraError(f"the host key of {spec.address} is not in {spec.known_hosts}; after checking it, "
+                             f"add it with: ssh-keyscan -p {spec.port} {spec.host} >> {spec.known_hosts}") from None
+        raise
+    return conn
+
+
+class RemoteProcess:
+    """QEMU under the tether on one SSH channel."""
+
+    def __init__(self, channel: paramiko.Channel, conn: fabric.Connection, registry: set[RemoteProcess]):
+        self.channel = channel
+        self.conn = conn
+        self._registry = registry
+        self.pid = 0
+        deadline = time.monotonic() + 15
+        buf = b""
+        while b"\n" not in buf and time.monotonic() < deadline and not channel.exit_status_ready():
+            if channel.recv_ready():
+                buf += channel.recv(256)
+            else:
+                time.sleep(0.02)
+        first = buf.decode(errors="replace").split("\n", 1)[0]
+        if first.startswith("pid "):
+            self.pid = int(first[4:])
+
+    def alive(self) -> bool:
+        return not (self.channel.closed or self.channel.exit_status_ready())
+
+    def terminate(self, grace_s: float = 5.0) -> int | None:
+        rc = None
+        try:
+            if not self.channel.exit_status_ready():
+                self.channel.shutdown_write()  # EOF on the tether's stdin: it kills QEMU
+                deadline = time.monotonic() + grace_s + 4
+                while not self.channel.exit_status_ready() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            if self.channel.exit_status_ready():
+                rc = self.channel.recv_exit_status()
+        except (OSError, EOFError, paramiko.SSHException):
+            pass  # the link is gone; the remote sshd closing the channel ends QEMU the same way
+        finally:
+            self.channel.close()
+            self._registry.discard(self)
+        return rc
+
+
+@dataclass
+class RemoteExecutor:
+    """One pool host over SSH. Used by one worker thread at a time."""
+
+    spec: HostSpec
+    conn: fabric.Connection | None = None
+    qemu: str = "qemu-system-x86_64"
+    _live: set[RemoteProcess] = field(default_factory=set)
+    _uploaded: set[str] = field(default_factory=set)
+    _made: set[str] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    # -- connection --------------------------------------------------------
+    def open(self) -> fabric.Connection:
+        if self.conn is None or not self.conn.is_connected:
+            self.conn = connect(self.spec)
+            self._made.clear()
+        return self.conn
+
+    def close(self) -> None:
+        for proc in list(self._live):
+            proc.terminate(grace_s=1.0)
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except Exception:  # noqa: BLE001 - closing a dead link
+                pass
+
+    def abort(self) -> None:
+        """From another thread: drop the link; the tethers kill every QEMU of ours there."""
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def healthy(self, timeout: float = 15.0) -> tuple[bool, str]:
+        """Can we still run a command there? Reconnects once."""
+        for attempt in range(2):
+            try:
+                if attempt:
+                    if self.conn is not None:
+                        self.conn.close()
+                    self.conn = None
+                res = self.open().run("true", hide=True, warn=True, timeout=timeout, in_stream=False)
+                if res.ok:
+                    return True, "answers"
+            except Exception as exc:  # noqa: BLE001 - any failure here means the host is unusable
+                why = f"{type(exc).__name__}: {exc}"
+                continue
+            why = f"'true' exited {res.exited}"
+        return False, why
+
+    def run(self, argv: Sequence[str], timeout: float = 120) -> Any:
+        return self.open().run(shlex.join(argv), hide=True, warn=True, timeout=timeout, in_stream=False)
+
+    def probe(self) -> dict[str, str]:
+        res = self.run(["sh", "-c", PROBE, "kpipe-probe", self.spec.workdir], timeout=60)
+        return parse_probe(res.stdout)
+
+    # -- Executor interface -------------------------------------------------
+    def _mkdir(self, path: str) -> None:
+        if path not in self._made:
+            res = self.run(["mkdir", "-p", path], timeout=60)
+            if not res.ok:
+                raise InfraError(f"{self.name}: cannot create {path}: {res.stderr.strip()}")
+            self._made.add(path)
+
+    def qemu_binary(self) -> str:
+        return self.qemu
+
+    def path_for(self, local: Path) -> str:
+        """Copy an artifact over SFTP once per content; return its path there."""
+        digest = file_digest(local)
+        adir = f"{self.spec.workdir}/artifacts"
+        remote = f"{adir}/{digest[:20]}-{local.name}"
+        if remote in self._uploaded:
+            return remote
+        self._mkdir(adir)
+        sftp = self.open().sftp()
+        size = local.stat().st_size
+        try:
+            if sftp.stat(remote).st_size == size:
+                self._uploaded.add(remote)
+                return remote
+        except OSError:
+            pass
+        tmp = f"{remote}.tmp-{uuid.uuid4().hex[:8]}"
+        t0 = time.monotonic()
+        sftp.put(str(local), tmp)
+        sftp.posix_rename(tmp, remote)
+        log.info("%s: uploaded %s (%d bytes) in %.1f s", self.name, local.name, size, time.monotonic() - t0)
+        self._uploaded.add(remote)
+        return remote
+
+    def log_path(self, local: Path) -> str:
+        """Where a log that belongs at `local` is written there (collected back afterwards)."""
+        sub = hashlib.sha1(str(local.parent).encode()).hexdigest()[:12]
+        rdir = f"{self.spec.workdir}/logs/{sub}"
+        self._mkdir(rdir)
+        return f"{rdir}/{local.name}"
+
+    def collect(self, remote: str, local: Path) -> None:
+        """Copy a log back into the run folder and remove it there; a lost link leaves what we have."""
+        try:
+            sftp = self.open().sftp()
+            local.parent.mkdir(parents=True, exist_ok=True)
+            sftp.get(remote, str(local))
+            sftp.remove(remote)
+        except (OSError, EOFError, paramiko.SSHException, InfraError) as exc:
+            log.debug("%s: cannot collect %s: %s", self.name, remote, exc)
+
+    def spawn(self, argv: Sequence[str], log_file: Path) -> RemoteProcess:
+        remote_log = self.log_path(log_file)
+        transport = self.open().client.get_transport()
+        if transport is None:
+            raise InfraError(f"{self.name}: SSH transport is closed")
+        channel = transport.open_session(timeout=30)
+        header = f"$ {shlex.join(argv)}\n"
+        cmd = shlex.join(["sh", "-c", f"printf %s {shlex.quote(header)} >> \"$1\"\n" + TETHER,
+                          "kpipe-tether", remote_log, *argv])
+        channel.exec_command(cmd)
+        proc = RemoteProcess(channel, self.open(), self._live)
+        with self._lock:
+            self._live.add(proc)
+        return proc
+
+    def free_port(self) -> int:
+        """A TCP port nothing listens on there (from /proc/net/tcp*), for QEMU's hostfwd."""
+        used: set[int] = set()
+        sftp = self.open().sftp()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                with sftp.open(table) as f:
+                    text = f.read().decode()
+            except OSError:
+                continue
+            for line in text.splitlines()[1:]:
+                parts = line.split()
+                if len(parts) > 3:
+                    used.add(int(parts[1].rsplit(":", 1)[1], 16))
+        while True:
+            port = random.randint(20000, 59999)
+            if port not in used:
+                return port
+
+    def read_text(self, path: str) -> str:
+        try:
+            with self.open().sftp().open(path) as f:
+                return f.read().decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+        except OSError as exc:
+            if getattr(exc, "errno", None) == 2 or "No such file" in str(exc):
+                return ""
+            raise
+
+    def gateway(self) -> fabric.Connection | None:
+        return self.open()
+
+
+def local_probe(workdir: str) -> dict[str, str]:
+    """The same facts as PROBE, for the machine running the pipeline."""
+    import subprocess
+
+    os.makedirs(workdir, exist_ok=True)
+    out = subprocess.run(["sh", "-c", PROBE, "kpipe-probe", workdir], capture_output=True, text=True,
+                         timeout=60, check=False)
+    return parse_probe(out.stdout)
