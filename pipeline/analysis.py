@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Any
 
 from .stats import FAILED, SLOWER, compare, summarize
@@ -20,6 +21,22 @@ def _values(runs: list[dict[str, Any]], metric: str) -> list[float]:
     return [float(r["metrics"][metric]) for r in runs if metric in r.get("metrics", {})]
 
 
+def reference_kind(results: dict[str, Any]) -> str | None:
+    """The host kind comparisons are made on: the one most of the baseline's runs ran on.
+
+    None when every run was on one kind (or runs carry no kind) or when the
+    settings allow comparing across kinds.
+    """
+    if results.get("settings", {}).get("compare_across_kinds"):
+        return None
+    cands = results.get("candidates", {})
+    kinds = Counter(r.get("host_kind") for c in cands.values() for r in c.get("runs", []))
+    if len(kinds) <= 1:
+        return None
+    base = Counter(r.get("host_kind") for r in cands.get(results.get("baseline", ""), {}).get("runs", []))
+    return (base or kinds).most_common(1)[0][0]
+
+
 def analyze(results: dict[str, Any]) -> dict[str, Any]:
     settings = results.get("settings", {})
     alpha = float(settings.get("alpha", 0.05))
@@ -28,11 +45,17 @@ def analyze(results: dict[str, Any]) -> dict[str, Any]:
     baseline = results.get("baseline", "")
     cands = results.get("candidates", {})
     order = results.get("candidate_order") or list(cands)
-    base_runs = cands.get(baseline, {}).get("runs", [])
+    ref_kind = reference_kind(results)
+
+    def usable(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return runs if ref_kind is None else [r for r in runs if r.get("host_kind") == ref_kind]
+
+    base_runs = usable(cands.get(baseline, {}).get("runs", []))
     rows = []
     for name in order:
         c = cands.get(name, {"status": "pending", "runs": []})
-        runs = c.get("runs", [])
+        all_runs = c.get("runs", [])
+        runs = usable(all_runs)
         summaries = {m: summarize(_values(runs, m), resamples) for m in METRICS}
         comparisons = {}
         ok = c.get("status") == "ok" and len(runs) > 0
@@ -51,6 +74,8 @@ def analyze(results: dict[str, Any]) -> dict[str, Any]:
             "status": c.get("status", "pending"),
             "status_detail": c.get("status_detail", ""),
             "n": len(runs),
+            "excluded_other_kind": len(all_runs) - len(runs),
+            "hosts": dict(Counter(str(r.get("host", "local")) for r in all_runs)),
             "warmups": len(c.get("warmup_runs", [])),
             "retries": len(c.get("retries", [])),
             "stop_reason": c.get("stop_reason", ""),
@@ -60,6 +85,7 @@ def analyze(results: dict[str, Any]) -> dict[str, Any]:
     regressions = [r["name"] for r in rows if r["comparisons"].get("boot_s", {}).get("verdict") == SLOWER]
     failed = [r["name"] for r in rows if r["status"] not in ("ok", "pending")]
     return {"baseline": baseline, "rows": rows, "regressions": regressions, "failed": failed,
+            "reference_kind": ref_kind, "hosts": results.get("hosts", []),
             "alpha": alpha, "min_effect_pct": min_effect, "headline": _headline(rows, baseline)}
 
 

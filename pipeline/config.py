@@ -176,7 +176,8 @@ class _Lines:
         while path:
             if path in self.lines:
                 return self.lines[path]
-            path = re.sub(r"(\.[^.\[]+|\[\d+\])$", "", path)
+            shorter = re.sub(r"(\.[^.\[]+|\[\d+\])$", "", path)
+            path = "" if shorter == path else shorter  # a top-level key that is not in the file
         return None
 
 
@@ -367,8 +368,9 @@ def _load_hosts(r: _Reader, data: Any) -> tuple[HostSpec, ...]:
             kw["user"] = r.typed(m["user"], f"{p}.user", str, lambda x: bool(NAME_RE.match(x)), "a user name")
         if "key" in m:
             kw["key"] = r.existing_file(m["key"], f"{p}.key")
-        kw["known_hosts"] = (r.existing_file(m["known_hosts"], f"{p}.known_hosts") if "known_hosts" in m
-                             else Path(os.path.expanduser("~/.ssh/known_hosts")))
+        if not local:
+            kw["known_hosts"] = (r.existing_file(m["known_hosts"], f"{p}.known_hosts") if "known_hosts" in m
+                                 else Path(os.path.expanduser("~/.ssh/known_hosts")))
         if "workdir" in m:
             kw["workdir"] = r.typed(m["workdir"], f"{p}.workdir", str, lambda x: x.startswith("/") and ".." not in x,
                                     "an absolute path without '..'")

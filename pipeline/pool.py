@@ -76,7 +76,9 @@ def check_host(host: PoolHost, wanted_accel: str) -> None:
         host.status, host.reason = UNUSABLE, str(exc)
         return
     except Exception as exc:  # noqa: BLE001 - every way of not answering is "unreachable"
-        host.status, host.reason = UNUSABLE, f"unreachable: {type(exc).__name__}: {exc}"
+        from .remote import describe
+
+        host.status, host.reason = UNUSABLE, f"unreachable: {describe(exc)}"
         return
     host.facts = facts
     problems = []

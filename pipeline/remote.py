@@ -94,6 +94,16 @@ def file_digest(path: Path) -> str:
     return _digests[key]
 
 
+def describe(exc: BaseException) -> str:
+    """A one-line reason for a failed connection, with the OS error where paramiko wraps it."""
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+        return "; ".join(f"cannot connect to {addr[0]} port {addr[1]}: {err.strerror or err}"
+                         for addr, err in exc.errors.items())
+    if isinstance(exc, paramiko.AuthenticationException):
+        return f"SSH login refused: {exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
 def connect(spec: HostSpec, timeout: float = 10.0) -> fabric.Connection:
     """Open an SSH connection to a pool host, verifying its host key against known_hosts."""
     conn = fabric.Connection(spec.host, port=spec.port, user=spec.user, connect_timeout=timeout,
@@ -204,7 +214,7 @@ class RemoteExecutor:
                 if res.ok:
                     return True, "answers"
             except Exception as exc:  # noqa: BLE001 - any failure here means the host is unusable
-                why = f"{type(exc).__name__}: {exc}"
+                why = describe(exc)
                 continue
             why = f"'true' exited {res.exited}"
         return False, why

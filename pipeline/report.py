@@ -5,6 +5,7 @@ import json
 import math
 import shutil
 import textwrap
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -93,11 +94,36 @@ def render_text(results: dict[str, Any], metadata: dict[str, Any], analysis: dic
     th = metadata.get("test_host", {})
     para(f"Test host: {th.get('cpus', '?')} CPUs, {th.get('memory_mb', '?')} MiB, QEMU accelerator {accel}; "
          f"{metadata.get('compiler', '')}.")
+    machines = _machines_line(a)
+    if machines:
+        para(machines)
     para("host CPU = test-host CPU time over the guest boot (all CPUs, /proc/stat) minus the reader vCPUs' "
          "own guest spinning.")
     out.append("")
     out.append(f"Full report: {report_url(base_url, run_id)}")
     return "\n".join(line.rstrip() for line in out) + "\n"
+
+
+def _machines_line(a: dict[str, Any]) -> str:
+    """Which machine ran what, and what was left out of the comparison."""
+    hosts = a.get("hosts") or []
+    used = [h for h in hosts if h.get("jobs")]
+    lost = [h for h in hosts if h.get("status") == "lost"]
+    if len(hosts) <= 1 and not lost:
+        return ""
+    runs_by_host: Counter[str] = Counter()
+    for r in a["rows"]:
+        runs_by_host.update(r.get("hosts", {}))
+    parts = [f"{h['name']} ({runs_by_host.get(h['name'], 0)} counted runs)" for h in used]
+    text = f"Test machines: {', '.join(parts) or 'none'}"
+    kinds = {h.get("kind") for h in used}
+    text += f", all of kind '{kinds.pop()}'." if len(kinds) == 1 else "."
+    for h in lost:
+        text += f" {h['name']} was lost during the run and its job moved to another machine."
+    if a.get("reference_kind"):
+        n = sum(r.get("excluded_other_kind", 0) for r in a["rows"])
+        text += f" Compared only runs on kind '{a['reference_kind']}' ({n} runs on other kinds left out)."
+    return text
 
 
 def _pct(v: float | None) -> str:

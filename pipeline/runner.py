@@ -378,7 +378,8 @@ def run_pipeline(cfg: Config, only: list[str] | None = None, progress: Progress 
                                                                         for ch in c.changes]} for c in cands},
                                "settings": {"alpha": cfg.report.alpha, "min_effect_pct": cfg.report.min_effect_pct,
                                             "bootstrap_resamples": cfg.report.bootstrap_resamples,
-                                            "base_url": cfg.report.base_url}})
+                                            "base_url": cfg.report.base_url,
+                                            "compare_across_kinds": cfg.report.compare_across_kinds}})
         for c in cands:
             folder.candidate(c.name)
     folder.save()

@@ -21,8 +21,18 @@ FRAGMENT = REPO / "vm-templates/kernel/kvm-host.config"
 
 
 def qemu_pids() -> set[int]:
+    """Running QEMU processes of test hosts (zombies and the shells that started QEMU do not count)."""
     out = subprocess.run(["pgrep", "-f", "kpipe-test-host"], capture_output=True, text=True, check=False).stdout
-    return {int(p) for p in out.split()}
+    pids = set()
+    for p in out.split():
+        try:
+            comm = Path(f"/proc/{p}/comm").read_text().strip()
+            state = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if comm.startswith("qemu-system") and state != "Z":
+            pids.add(int(p))
+    return pids
 
 
 def small_config(tmp_path: Path, candidates: str = "", cycles: int = 300, counted: int = 2) -> Path:

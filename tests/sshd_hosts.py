@@ -91,7 +91,8 @@ LogLevel VERBOSE
                 return
             except OSError:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"sshd {self.name} exited: {(self.dir / 'sshd.log').read_text()[-2000:]}")
+                    log_text = (self.dir / "sshd.log").read_text()[-2000:]
+                    raise RuntimeError(f"sshd {self.name} exited: {log_text}") from None
                 time.sleep(0.1)
         raise RuntimeError(f"sshd {self.name} did not listen on {self.port}")
 

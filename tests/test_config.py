@@ -125,3 +125,11 @@ def test_default_config_is_valid() -> None:
     if cfg is None:
         pytest.skip("linux-source-6.1 is not installed")
     assert cfg.baseline in {c.name for c in cfg.candidates}
+
+
+def test_a_default_that_does_not_exist_names_the_key_even_when_absent_from_the_file(tmp_path: Path) -> None:
+    """test_host is not in this file, and its default template is not under tmp_path: a clear error, no line."""
+    p = tmp_path / "pipeline.yaml"
+    p.write_text("trees:\n  t: {git: /x}\nbaseline: a\ncandidates:\n  - {name: a, tree: t}\n")
+    with pytest.raises(ConfigError, match=r"^test_host.qemu_template: vm-templates/qemu/x86_64.cmd.j2 does not exist"):
+        load_config(p)
