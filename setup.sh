@@ -15,7 +15,8 @@ packages=(
   qemu-system-x86 busybox-static dropbear-bin openssh-sftp-server openssh-client
   linux-source-6.1 python3 python3-venv python3-pip
 )
-[ "$with_tests" = 1 ] && packages+=(chromium chromium-driver)
+# Tests also start real sshd and distccd daemons on 127.0.0.1 as pool hosts.
+[ "$with_tests" = 1 ] && packages+=(chromium chromium-driver openssh-server distcc)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -115,9 +115,44 @@ def _check_disk(path: Path) -> None:
                          f"{MIN_FREE_BYTES / 1024**3:.0f} GiB (free space or move the cache with KPIPE_CACHE_DIR)")
 
 
+def compile_env(cache_dir: Path, worktree: Path, local_jobs: int,
+                distcc_hosts: tuple[str, ...] = ()) -> tuple[dict[str, str], list[str], int]:
+    """Environment, make arguments and -j for compiling in `worktree`: ccache always (when installed),
+    distcc behind it when pool hosts offer it (ccache hits never leave this machine)."""
+    env = {
+        "CCACHE_DIR": str(cache_dir / "ccache"),
+        "CCACHE_BASEDIR": str(worktree),
+        "CCACHE_NOHASHDIR": "1",
+        "CCACHE_MAXSIZE": "5G",
+        "KBUILD_BUILD_TIMESTAMP": "2000-01-01",
+        "KBUILD_BUILD_USER": "kpipe",
+        "KBUILD_BUILD_HOST": "kpipe",
+        "LC_ALL": "C",
+    }
+    have_ccache = shutil.which("ccache") is not None
+    cc = "ccache gcc" if have_ccache else "gcc"
+    jobs = local_jobs
+    if distcc_hosts:
+        if not shutil.which("distcc"):
+            raise InfraError("distcc is configured for the pool but not installed here: apt-get install distcc")
+        env["DISTCC_HOSTS"] = " ".join(([f"localhost/{local_jobs}"] if local_jobs else []) + list(distcc_hosts))
+        env["DISTCC_DIR"] = str(cache_dir / "distcc")  # locks and back-off state; distcc needs it to exist
+        (cache_dir / "distcc").mkdir(parents=True, exist_ok=True)
+        if have_ccache:
+            env["CCACHE_PREFIX"] = "distcc"
+        else:
+            cc = "distcc gcc"
+        jobs = local_jobs + sum(int(h.rsplit("/", 1)[1]) for h in distcc_hosts)
+    return env, [f"CC={cc}", "HOSTCC=gcc"], max(1, jobs)
+
+
 def build_kernel(patched: PatchedTree, kernel: KernelConfig, base_fragments: tuple[Path, ...],
-                 cache_dir: Path, log_file: Path) -> BuildArtifacts:
-    """Build (or reuse) the kernel for a patched tree. Raises BuildFailed with the error lines."""
+                 cache_dir: Path, log_file: Path, distcc_hosts: tuple[str, ...] = ()) -> BuildArtifacts:
+    """Build (or reuse) the kernel for a patched tree. Raises BuildFailed with the error lines.
+
+    distcc_hosts ("HOST:PORT/JOBS") spread compiles over the pool; they do not
+    change the artifact key, since the same compiler version is required there.
+    """
     wt = patched.worktree.path
     fragments = base_fragments + patched.config_fragments
     tree_id = git(["rev-parse", "HEAD^{tree}"], wt).output.strip()
@@ -132,22 +167,8 @@ def build_kernel(patched: PatchedTree, kernel: KernelConfig, base_fragments: tup
     start = time.monotonic()
     bdir = wt / "build"
     bdir.mkdir(exist_ok=True)
-    jobs = kernel.make_jobs or os.cpu_count() or 1
-    ccache_dir = cache_dir / "ccache"
-    env = {
-        "CCACHE_DIR": str(ccache_dir),
-        "CCACHE_BASEDIR": str(wt),
-        "CCACHE_NOHASHDIR": "1",
-        "CCACHE_MAXSIZE": "5G",
-        "KBUILD_BUILD_TIMESTAMP": "2000-01-01",
-        "KBUILD_BUILD_USER": "kpipe",
-        "KBUILD_BUILD_HOST": "kpipe",
-        "LC_ALL": "C",
-    }
-    make = ["make", "-C", str(wt), "O=build", f"-j{jobs}", "CC=ccache gcc", "HOSTCC=gcc"]
-    cc_available = shutil.which("ccache") is not None
-    if not cc_available:
-        make = [m for m in make if not m.startswith("CC=")]
+    env, cc_args, jobs = compile_env(cache_dir, wt, kernel.make_jobs or os.cpu_count() or 1, distcc_hosts)
+    make = ["make", "-C", str(wt), "O=build", f"-j{jobs}", *cc_args]
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "a", encoding="utf-8") as logf:
         steps = [make + [kernel.base]]

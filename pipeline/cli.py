@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", default="pipeline.yaml", help="pipeline.yaml to use")
+    common.add_argument("--hosts", metavar="FILE", help="YAML file whose 'hosts:' list replaces the config's pool "
+                        "of test machines")
     common.add_argument("-v", "--verbose", action="count", default=0)
     common.add_argument("--only", action="append", metavar="CANDIDATE",
                         help="run only this candidate (and the baseline); repeatable")
@@ -65,8 +67,9 @@ def _run_dir(cfg_runs: Path, run: str) -> Path:
     raise UserError(f"no run {run!r}: neither {path} nor {cfg_runs / run} holds a results.json")
 
 
-def doctor(cfg_path: str) -> list[str]:
-    """Missing tools and files, each with the command that installs it."""
+def doctor(cfg_path: str, hosts_file: str | None = None, check_hosts: bool = False) -> list[str]:
+    """Missing tools and files, each with the command that installs it; with check_hosts, unusable
+    pool machines with the reason."""
     problems = []
     for tool, pkg in TOOLS.items():
         found = Path(tool).exists() if tool.startswith("/") else shutil.which(tool)
@@ -76,9 +79,19 @@ def doctor(cfg_path: str) -> list[str]:
         if not Path(header).exists():
             problems.append(f"{header}: missing; apt-get install {pkg}")
     try:
-        load_config(cfg_path)
+        cfg = load_config(cfg_path, hosts_file)
     except ConfigError as exc:
         problems.append(str(exc))
+        return problems
+    if check_hosts:
+        from .pool import OK, check_pool
+
+        for h in check_pool(cfg.hosts, cfg.test_host.accelerator, str(cfg.cache_dir), cfg.report.compare_across_kinds):
+            line = f"host {h.name} ({h.spec.address}): {h.status}: {h.reason}"
+            if h.status == OK:
+                print(line)
+            else:
+                problems.append(line)
     return problems
 
 
@@ -116,12 +129,12 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "doctor":
-            problems = doctor(args.config)
+            problems = doctor(args.config, args.hosts, check_hosts=True)
             for line in problems:
                 print(line)
             print("all tools present" if not problems else f"{len(problems)} problem(s)")
             return EXIT_FAILED if problems else EXIT_OK
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, args.hosts)
         if args.command == "validate":
             from .patch import check_changes
             from .runner import selected_candidates
@@ -152,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "triage":
             return triage_command(cfg, args.source)
         if args.command == "run":
-            problems = [p for p in doctor(args.config) if "missing" in p]
+            problems = [p for p in doctor(args.config, args.hosts) if "missing" in p]
             if problems:
                 raise InfraError("missing tools, install them first:\n  " + "\n  ".join(problems))
             resume = _run_dir(cfg.runs_dir, args.resume) if args.resume else None

@@ -91,6 +91,7 @@ class HostSpec:
     kind: str = ""  # "": derived from what the host check finds (accelerator, CPU model, CPU count)
     min_free_gb: float = 2.0
     distcc: str = ""  # "PORT/JOBS" of a distccd there that builds may use
+    share_cpus: bool = False  # allow jobs at once with other pool hosts on the same machine (same boot_id)
 
     @property
     def address(self) -> str:
@@ -253,11 +254,10 @@ TOP_KEYS = ("cache_dir", "runs_dir", "trees", "baseline", "candidates", "kernel"
             "workload", "repetitions", "report", "hosts")
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate pipeline.yaml; raise ConfigError naming key path and line."""
+def _read_yaml(path: str | Path, what: str) -> tuple[Any, _Reader]:
     source = Path(path).resolve()
     if not source.is_file():
-        raise ConfigError("", f"config file {path} not found (pass -c/--config)")
+        raise ConfigError("", f"{what} {path} not found")
     text = source.read_text(encoding="utf-8")
     try:
         data = yaml.safe_load(text)
@@ -266,8 +266,17 @@ def load_config(path: str | Path) -> Config:
         mark = getattr(exc, "problem_mark", None)
         raise ConfigError("", f"not valid YAML: {getattr(exc, 'problem', exc)}", source.name,
                           mark.line + 1 if mark else None) from None
-    root = source.parent
-    r = _Reader(source, lines, root)
+    return data, _Reader(source, lines, source.parent)
+
+
+def load_config(path: str | Path, hosts_file: str | Path | None = None) -> Config:
+    """Read and validate pipeline.yaml; raise ConfigError naming key path and line.
+
+    `hosts_file` (a YAML file with one key, `hosts:`) replaces the config's pool
+    of test machines: a lab's inventory kept apart from the evaluation.
+    """
+    data, r = _read_yaml(path, "config file")
+    source, root = r.source, r.root
     data = r.mapping(data, "", TOP_KEYS, ("trees", "baseline", "candidates"))
 
     trees = _load_trees(r, data["trees"])
@@ -331,11 +340,19 @@ def load_config(path: str | Path) -> Config:
     return Config(source=source, root=root, cache_dir=default_cache_dir(cache_setting, root),
                   runs_dir=runs_dir, trees=trees, baseline=baseline, candidates=candidates,
                   kernel=kernel, test_host=test_host, workload=workload, repetitions=reps,
-                  report=report, hosts=_load_hosts(r, data.get("hosts")))
+                  report=report, hosts=_load_hosts(r, data.get("hosts")) if hosts_file is None
+                  else load_hosts(hosts_file))
+
+
+def load_hosts(path: str | Path) -> tuple[HostSpec, ...]:
+    """The pool from a hosts file (`hosts:` and nothing else)."""
+    data, r = _read_yaml(path, "hosts file")
+    data = r.mapping(data, "", ("hosts",), ("hosts",))
+    return _load_hosts(r, data["hosts"])
 
 
 HOST_KEYS = ("name", "local", "host", "port", "user", "key", "known_hosts", "workdir", "kind", "min_free_gb",
-             "distcc")
+             "distcc", "share_cpus")
 DISTCC_RE = re.compile(r"^[0-9]{1,5}/[0-9]{1,3}$")
 
 
@@ -353,7 +370,7 @@ def _load_hosts(r: _Reader, data: Any) -> tuple[HostSpec, ...]:
             raise r.error(f"{p}.name", f"duplicate host name {name!r}")
         local = r.typed(m.get("local", False), f"{p}.local", bool)
         if local:
-            extra = sorted(set(m) - {"name", "local", "kind", "min_free_gb", "workdir"})
+            extra = sorted(set(m) - {"name", "local", "kind", "min_free_gb", "workdir", "share_cpus"})
             if extra:
                 raise r.error(f"{p}.{extra[0]}", "not used for the local machine (local: true)")
         elif "host" not in m:
@@ -381,6 +398,8 @@ def _load_hosts(r: _Reader, data: Any) -> tuple[HostSpec, ...]:
         if "distcc" in m:
             kw["distcc"] = r.typed(m["distcc"], f"{p}.distcc", str, lambda x: bool(DISTCC_RE.match(x)),
                                    "PORT/JOBS of the distccd on that host, e.g. 3632/4")
+        if "share_cpus" in m:
+            kw["share_cpus"] = r.typed(m["share_cpus"], f"{p}.share_cpus", bool)
         hosts.append(HostSpec(**kw))
     return tuple(hosts)
 

@@ -56,7 +56,12 @@ class PoolHost:
                 "cpus": f.get("cpus"), "cpu_model": f.get("cpu_model"), "kernel": f.get("kernel"),
                 "memory_gb": round(int(f.get("mem_kb") or 0) / 1024**2, 1),
                 "free_gb": round(int(f.get("free_kb") or 0) / 1024**2, 1), "qemu": f.get("qemu_version"),
-                "jobs": self.jobs}
+                "machine": (f.get("boot_id") or "")[:8], "jobs": self.jobs}
+
+    @property
+    def machine(self) -> str:
+        """Hosts with the same boot_id are one running kernel: one machine's CPUs."""
+        return self.facts.get("boot_id") or f"host:{self.name}"
 
 
 def make_executor(spec: HostSpec, local_workdir: str) -> Executor:
@@ -113,6 +118,15 @@ def check_pool(specs: Iterable[HostSpec], wanted_accel: str, local_workdir: str,
     for t in threads:
         t.join()
     usable = [h for h in hosts if h.status == OK]
+    by_machine: dict[str, list[PoolHost]] = {}
+    for h in usable:
+        by_machine.setdefault(h.machine, []).append(h)
+    for group in by_machine.values():
+        if len(group) > 1 and not all(h.spec.share_cpus for h in group):
+            for h in group:
+                others = ", ".join(o.name for o in group if o is not h)
+                h.reason += (f"; same machine as {others} (same boot_id): one job at a time across them, so "
+                             f"they do not compete for CPUs (share_cpus: true allows it)")
     kinds = Counter(h.kind for h in usable)
     if len(kinds) > 1 and not compare_across_kinds:
         chosen = max(kinds, key=lambda k: (kinds[k], -min(i for i, h in enumerate(usable) if h.kind == k)))
@@ -122,6 +136,58 @@ def check_pool(specs: Iterable[HostSpec], wanted_accel: str, local_workdir: str,
                 h.reason = (f"kind '{h.kind}' differs from '{chosen}'; runs are compared only between hosts of "
                             f"one kind (set report.compare_across_kinds: true to use it)")
     return hosts
+
+
+def distcc_hosts(hosts: list[PoolHost], compiler: str) -> tuple[tuple[str, ...], list[str]]:
+    """DISTCC_HOSTS entries of the pool hosts that offer distcc, and why others are left out.
+
+    A host is used only if its distccd accepts a connection and its gcc is the
+    one compiling here (a different compiler would change the kernel).
+    """
+    import socket
+
+    use, notes = [], []
+    for h in hosts:
+        if not h.spec.distcc or h.status not in (OK, UNUSED):
+            continue
+        port, jobs = h.spec.distcc.split("/")
+        if h.facts.get("gcc", "") != compiler:
+            notes.append(f"{h.name}: gcc there is '{h.facts.get('gcc') or 'missing'}', not '{compiler}'")
+            continue
+        try:
+            socket.create_connection((h.spec.host, int(port)), timeout=3).close()
+        except OSError as exc:
+            notes.append(f"{h.name}: no distccd on port {port} ({exc.strerror or exc})")
+            continue
+        use.append(f"{h.spec.host}:{port}/{jobs}")
+        notes.append(f"{h.name}: distccd on port {port}, {jobs} jobs")
+    return tuple(use), notes
+
+
+class TurnLock:
+    """A lock handed to waiters in arrival order, so hosts on one machine take turns."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._held = False
+        self._waiting: deque[threading.Event] = deque()
+
+    def __enter__(self) -> TurnLock:
+        with self._mutex:
+            if not self._held:
+                self._held = True
+                return self
+            turn = threading.Event()
+            self._waiting.append(turn)
+        turn.wait()  # ownership is handed over by __exit__
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._mutex:
+            if self._waiting:
+                self._waiting.popleft().set()
+            else:
+                self._held = False
 
 
 @dataclass
@@ -134,37 +200,71 @@ class Job:
 
 
 def dispatch(jobs: list[Job], hosts: list[PoolHost], run_job: Callable[[PoolHost, Job], None],
-             stop: threading.Event, on_lost: Callable[[PoolHost, Job], None] | None = None) -> list[Job]:
+             stop: threading.Event) -> list[Job]:
     """Run every job on some usable host; return the jobs no host was left to run."""
     queue: deque[Job] = deque(jobs)
-    lock = threading.Lock()
+    cv = threading.Condition()
+    in_flight = 0  # jobs being run; one may come back to the queue if its host is lost
 
     def take() -> Job | None:
-        with lock:
-            while queue:
-                job = queue.popleft()
-                if job.alive():
-                    return job
+        nonlocal in_flight
+        with cv:
+            while not stop.is_set():
+                while queue:
+                    job = queue.popleft()
+                    if job.alive():
+                        in_flight += 1
+                        return job
+                if in_flight == 0:
+                    return None
+                cv.wait(0.5)
             return None
 
+    def finish(job: Job, back: bool) -> None:
+        nonlocal in_flight
+        with cv:
+            in_flight -= 1
+            if back:
+                queue.appendleft(job)
+            cv.notify_all()
+
+    machine_locks: dict[str, TurnLock] = {}
+    for h in hosts:
+        machine_locks.setdefault(h.machine, TurnLock())
+
     def worker(host: PoolHost) -> None:
+        # One job at a time per physical machine (unless its hosts may share CPUs): a
+        # measurement made while another test host competes for the CPUs is worthless.
+        quiet = machine_locks[host.machine] if not host.spec.share_cpus else TurnLock()
         while not stop.is_set():
-            job = take()
-            if job is None:
-                return
-            try:
-                run_job(host, job)
-                host.jobs += 1
-            except HostLost as exc:
-                host.status, host.reason = LOST, str(exc)
-                with lock:
-                    queue.appendleft(job)
-                log.warning("host %s lost: %s", host.name, exc)
-                if on_lost:
-                    on_lost(host, job)
-                return
-            except Stopped:
-                return
+            with quiet:
+                job = take()
+                if job is None or not run_one(host, job):
+                    return
+
+    def run_one(host: PoolHost, job: Job) -> bool:
+        """Run a job; False when this host takes no more jobs."""
+        try:
+            run_job(host, job)
+        except HostLost as exc:
+            host.status, host.reason = LOST, str(exc)
+            log.warning("host %s lost: %s", host.name, exc)
+            finish(job, back=True)
+            return False
+        except Stopped:
+            finish(job, back=True)
+            return False
+        except Exception as exc:  # a bug must not lose the job: hand it on, take the host out
+            log.exception("host %s: unexpected error in a job", host.name)
+            host.status, host.reason = LOST, f"internal error: {type(exc).__name__}: {exc}"
+            finish(job, back=True)
+            return False
+        except BaseException:
+            finish(job, back=True)
+            raise
+        host.jobs += 1
+        finish(job, back=False)
+        return True
 
     active = [h for h in hosts if h.status == OK]
     if len(active) == 1:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from typing import TextIO
 
@@ -19,6 +20,8 @@ class Progress:
         self.total_steps = 0
         self.done_steps = 0
         self._step_times: list[float] = []
+        self.workers = 1  # steps that run at once (test machines in the pool)
+        self._lock = threading.Lock()
 
     def say(self, stage: str, candidate: str, message: str) -> None:
         if self.quiet:
@@ -27,7 +30,7 @@ class Progress:
         eta = ""
         if self._step_times and self.total_steps > self.done_steps:
             per = sum(self._step_times) / len(self._step_times)
-            eta = f" | ETA {_fmt(per * (self.total_steps - self.done_steps))}"
+            eta = f" | ETA {_fmt(per * (self.total_steps - self.done_steps) / max(1, self.workers))}"
         step = f" [{self.done_steps}/{self.total_steps}]" if self.total_steps else ""
         print(f"[{_fmt(elapsed):>7}]{step} {stage:<8} {candidate:<28} {message}{eta}", file=self.stream,
               flush=True)
@@ -36,5 +39,6 @@ class Progress:
         self.total_steps = steps
 
     def step_done(self, seconds: float) -> None:
-        self.done_steps += 1
-        self._step_times.append(seconds)
+        with self._lock:
+            self.done_steps += 1
+            self._step_times.append(seconds)

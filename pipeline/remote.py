@@ -55,12 +55,14 @@ PROBE = r"""wd=$1
 mkdir -p "$wd" 2>/dev/null || echo "error=cannot create $wd"
 echo "machine=$(uname -m)"
 echo "kernel=$(uname -r)"
+echo "boot_id=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)"
 echo "cpus=$(nproc)"
 echo "cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)"
 echo "mem_kb=$(sed -n 's/^MemTotal: *\([0-9]*\).*/\1/p' /proc/meminfo)"
 q=$(command -v qemu-system-x86_64 || true)
 echo "qemu=$q"
 [ -n "$q" ] && echo "qemu_version=$("$q" --version | head -n1)"
+echo "gcc=$(gcc --version 2>/dev/null | head -n1)"
 echo "free_kb=$(df -Pk "$wd" 2>/dev/null | awk 'NR==2{print $4}')"
 [ -e /dev/kvm ] && echo "kvm_exists=1"
 [ -r /dev/kvm ] && [ -w /dev/kvm ] && echo "kvm_rw=1"
@@ -97,7 +99,7 @@ def file_digest(path: Path) -> str:
 def describe(exc: BaseException) -> str:
     """A one-line reason for a failed connection, with the OS error where paramiko wraps it."""
     if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
-        return "; ".join(f"cannot connect to {addr[0]} port {addr[1]}: {err.strerror or err}"
+        return "; ".join(f"cannot connect to {addr[0]} port {addr[1]}: {getattr(err, 'strerror', None) or err}"
                          for addr, err in exc.errors.items())
     if isinstance(exc, paramiko.AuthenticationException):
         return f"SSH login refused: {exc}"
@@ -114,6 +116,9 @@ def connect(spec: HostSpec, timeout: float = 10.0) -> fabric.Connection:
     conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
     try:
         conn.open()
+        transport = conn.client.get_transport()
+        if transport is not None:
+            transport.set_keepalive(10)
     except paramiko.SSHException as exc:
         if "not found in known_hosts" in str(exc):
             raise InfraError(f"the host key of {spec.address} is not in {spec.known_hosts}; after checking it, "

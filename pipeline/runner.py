@@ -25,7 +25,7 @@ from .fetch import FetchedTree, checkout_worktree, fetch_tree
 from .initramfs import Initramfs, build_initramfs
 from .lock import cache_lock
 from .patch import PatchedTree, PatchFailed, UnsafePatch, apply_changes, check_changes
-from .pool import LOST, OK, HostLost, Job, PoolHost, Stopped, check_pool, dispatch
+from .pool import LOST, OK, HostLost, Job, PoolHost, Stopped, check_pool, dispatch, distcc_hosts
 from .proc import run as run_cmd
 from .progress import Progress
 from .results import FAIL, PASS, SKIP, STAGES, RunFolder, now_iso
@@ -50,6 +50,10 @@ class Prepared:
 
 def _sigterm(signum: int, frame: object) -> None:
     raise Interrupted(f"signal {signum}")
+
+
+def _rotated(items: list[Prepared], by: int) -> list[Prepared]:
+    return items[by % len(items):] + items[:by % len(items)] if items else []
 
 
 def selected_candidates(cfg: Config, only: list[str] | None) -> list[Candidate]:
@@ -110,6 +114,7 @@ class Runner:
         self.trees: dict[str, FetchedTree] = {}
         self.hosts: list[PoolHost] = []
         self.stop = threading.Event()
+        self.distcc: tuple[str, ...] = ()
 
     # -- fetch, patch, build -------------------------------------------------
     def prepare(self, cand: Candidate) -> Prepared:
@@ -153,7 +158,7 @@ class Runner:
         self.progress.say("build", name, "building kernel (cached by content)")
         try:
             prep.artifacts = build_kernel(prep.patched, self.cfg.kernel, self.cfg.kernel.fragments,
-                                          self.cfg.cache_dir, build_log)
+                                          self.cfg.cache_dir, build_log, self.distcc)
         except BuildFailed as exc:
             self._fail(prep, "build", "build-failed", str(exc).splitlines()[0], exc.excerpt,
                        {"log": self.folder.relative(build_log)})
@@ -293,9 +298,10 @@ class Runner:
         rounds = reps.warmup + reps.counted
         live = [p for p in preps if p.alive]
         done = {p.candidate.name: self._rounds_done(p.candidate.name) for p in live}
+        # Interleaved (A B C, B C A, C A B, ...): every round has every candidate, and rotating the
+        # order keeps a candidate off a fixed position in the round (and off a fixed pool host).
         jobs = [self._job(p, r, "warmup" if r < reps.warmup else "counted", initramfs, vmm)
-                for r in range(rounds) for p in live  # interleaved: A B C A B C ...
-                if r not in done[p.candidate.name]]
+                for r in range(rounds) for p in _rotated(live, r) if r not in done[p.candidate.name]]
         self.progress.plan(len(jobs))
         self._dispatch(jobs)
         # Adaptive repetitions: more rounds for candidates whose interval is still wide.
@@ -397,7 +403,12 @@ def run_pipeline(cfg: Config, only: list[str] | None = None, progress: Progress 
             if not usable:
                 raise InfraError("no usable test host:\n  " + "\n  ".join(f"{h.name} ({h.spec.address}): {h.reason}"
                                                                           for h in runner.hosts))
+            runner.distcc, notes = distcc_hosts(runner.hosts, compiler_version())
+            for note in notes:
+                progress.say("build", "-", f"distcc {note}")
+            folder.results["distcc"] = {"hosts": list(runner.distcc), "notes": notes}
             accel = usable[0].accel
+            progress.workers = len(usable)
             progress.say("boot", "-", f"accelerator: {accel[2]}")
             preps = []
             for c in cands:
@@ -424,6 +435,8 @@ def run_pipeline(cfg: Config, only: list[str] | None = None, progress: Progress 
         folder.results["status_detail"] = str(exc)
         raise
     finally:
+        if runner.hosts:
+            runner._save_hosts()
         for h in runner.hosts:
             h.executor.close()
         LocalExecutor.kill_all()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, qemu_pids, small_config
-from sshd_hosts import SshdHost, keygen
+from sshd_hosts import SshdHost, descendants, keygen
 
 from pipeline.analysis import analyze
 from pipeline.config import HostSpec, load_config
@@ -141,6 +141,42 @@ def test_dispatch_returns_what_no_host_was_left_to_run_and_skips_dead_candidates
     assert [(j.candidate, j.round) for j in left] == [("base", 1), ("base", 2)]
 
 
+def test_an_unexpected_error_takes_the_host_out_and_keeps_the_job() -> None:
+    hosts = _pool("buggy", "fine")
+    done: list[int] = []
+
+    def run_job(host: PoolHost, job: Job) -> None:
+        if host.name == "buggy":
+            raise ValueError("a bug")
+        done.append(job.round)
+
+    assert dispatch([Job("base", r, "counted") for r in range(4)], hosts, run_job, threading.Event()) == []
+    assert sorted(done) == [0, 1, 2, 3]
+    assert hosts[0].status == LOST and "ValueError: a bug" in hosts[0].reason
+
+
+@pytest.mark.parametrize("share_cpus, expected_peak", [(False, 1), (True, 2)])
+def test_hosts_on_one_machine_take_turns_unless_they_may_share_cpus(share_cpus: bool, expected_peak: int) -> None:
+    """Two pool hosts that are the same kernel (same boot_id) never measure at the same time by default."""
+    hosts = [PoolHost(HostSpec(name=n, host="h", share_cpus=share_cpus), FakeExecutor(n, FACTS),  # type: ignore
+                      facts={**FACTS, "boot_id": "same"}, kind="k") for n in ("a", "b")]
+    running, peak, lock = 0, 0, threading.Lock()
+
+    def run_job(host: PoolHost, job: Job) -> None:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+
+    assert dispatch([Job("c", r, "counted") for r in range(8)], hosts, run_job, threading.Event()) == []
+    assert peak == expected_peak
+    assert hosts[0].jobs + hosts[1].jobs == 8
+    assert hosts[0].jobs >= 3 and hosts[1].jobs >= 3  # they take turns: neither starves
+
+
 def test_only_the_largest_kind_is_used_unless_comparing_across_kinds(monkeypatch: pytest.MonkeyPatch) -> None:
     import pipeline.pool as pool
 
@@ -154,6 +190,16 @@ def test_only_the_largest_kind_is_used_unless_comparing_across_kinds(monkeypatch
     assert hosts["full"].status == UNUSABLE and "only 50.0 GiB free" in hosts["full"].reason
     hosts = {h.name: h for h in check_pool(specs, "tcg", "/tmp", compare_across_kinds=True)}
     assert [hosts[n].status for n in ("amd1", "amd2", "intel1")] == [OK, OK, OK]
+    assert "same machine" not in hosts["amd1"].reason  # FACTS carry no boot_id: separate machines
+
+
+def test_hosts_with_one_boot_id_are_reported_as_one_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.pool as pool
+
+    monkeypatch.setattr(pool, "make_executor", lambda spec, wd: FakeExecutor(spec.name, {**FACTS, "boot_id": "b1"}))
+    hosts = check_pool([HostSpec(name="x", host="h"), HostSpec(name="y", host="h")], "tcg", "/tmp", False)
+    assert all(h.status == OK for h in hosts)
+    assert "same machine as y (same boot_id): one job at a time" in hosts[0].reason
 
 
 def test_runs_are_compared_only_on_the_baselines_kind() -> None:
@@ -171,6 +217,13 @@ def test_runs_are_compared_only_on_the_baselines_kind() -> None:
     assert x["comparisons"]["boot_s"]["verdict"] == "no significant change"
     results["settings"]["compare_across_kinds"] = True
     assert analyze(results)["rows"][1]["comparisons"]["boot_s"]["verdict"] == "slower"
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 # -- real sshd hosts on 127.0.0.1 ----------------------------------------------------------
@@ -246,8 +299,9 @@ def test_remote_processes_die_with_the_ssh_link(lab: dict, tmp_path: Path) -> No
 @needs_root
 def test_two_host_pool_runs_every_job_and_survives_a_host_dying(built_kernel, e2e_cache: Path, lab: dict,
                                                                 tmp_path: Path) -> None:
-    """`python -m pipeline run` with hosts lab1+lab2: jobs go to both; lab2 is killed (sshd, its sessions and
-    its QEMU) in the middle of a job; that job is finished on lab1 and nothing measured is lost."""
+    """`python -m pipeline run` with hosts lab1+lab2: jobs go to both (they are one machine, so they take
+    turns); lab2 is killed (sshd, its sessions and its QEMU) in the middle of a job; that job is finished
+    on lab1 and nothing measured is lost."""
     lab1, lab2 = lab["hosts"][0], lab["hosts"][1]
     cfg = small_config(tmp_path, "  - {name: phase1, tree: debian-6.1, changes: "
                                  "[{cmdline: srcutree.srcu_max_nodelay_phase=1}]}", counted=3)
@@ -258,19 +312,25 @@ def test_two_host_pool_runs_every_job_and_survives_a_host_dying(built_kernel, e2
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "-c", str(cfg)],
                             stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
                             cwd=Path(__file__).parent.parent)
-    lines = []
-    killed = False
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        lines.append(line)
-        if not killed and re.search(r"counted #\d on lab2: guest boot", line):
-            time.sleep(1.0)  # lab2 has taken its next job: booting a test host
-            lab2.kill()
-            killed = True
-    proc.wait(timeout=600)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+    killed_during = ""
+    deadline = time.monotonic() + 600
+    while proc.poll() is None and time.monotonic() < deadline:
+        done_on_lab2 = sum(1 for ln in list(lines) if re.search(r"counted #\d on lab2: guest boot", ln))
+        if not killed_during and done_on_lab2 >= 1 and lab2.proc is not None:
+            qemu = [p for p in descendants(lab2.proc.pid) if _comm(p).startswith("qemu-system")]
+            if qemu:  # lab2 is in the middle of its second job: kill the machine
+                time.sleep(1.5)
+                killed_during = f"{len(qemu)} QEMU of lab2"
+                lab2.kill()
+        time.sleep(0.2)
+    proc.wait(timeout=60)
+    reader.join(10)
     out = "".join(lines)
     assert proc.returncode in (0, 2), out
-    assert killed, out
+    assert killed_during, out
     lab2.start()  # back for later tests
     run_dir = next((tmp_path / "runs").iterdir())
     results = json.loads((run_dir / "results.json").read_text())
@@ -296,3 +356,48 @@ def test_two_host_pool_runs_every_job_and_survives_a_host_dying(built_kernel, e2
     assert 'id="machines"' in html and "lost" in html
     summary = (tmp_path / "reports" / run_dir.name / "summary.txt").read_text()
     assert "lab2 was lost during the run" in summary
+
+
+@pytest.mark.slow
+@needs_root
+def test_builds_use_distcc_on_pool_hosts_that_offer_it(built_kernel, e2e_cache: Path, lab: dict,
+                                                       tmp_path: Path) -> None:
+    """A real distccd on a pool host compiles a kernel object for us; a host without one is left out with
+    the reason."""
+    from sshd_hosts import free_port
+
+    from pipeline.build import compile_env, compiler_version
+    from pipeline.pool import distcc_hosts
+
+    port = free_port()
+    log = tmp_path / "distccd.log"
+    daemon = subprocess.Popen(["distccd", "--no-detach", "--daemon", "--listen", "127.0.0.1", "--port", str(port),
+                               "--allow", "127.0.0.1", "--log-stderr", "--log-level", "info", "--user", "nobody"],
+                              stderr=open(log, "wb"), start_new_session=True)  # noqa: SIM115
+    try:
+        deadline = time.monotonic() + 10
+        while subprocess.run(["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"],
+                             capture_output=True).returncode != 0:
+            assert time.monotonic() < deadline, "distccd did not listen"
+            time.sleep(0.1)
+        specs = [_spec(lab, lab["hosts"][0], distcc=f"{port}/2"), _spec(lab, lab["hosts"][2], distcc="1/3")]
+        hosts = check_pool(specs, "auto", str(tmp_path), compare_across_kinds=False)
+        use, notes = distcc_hosts(hosts, compiler_version())
+        assert use == (f"127.0.0.1:{port}/2",)
+        assert any("lab3: no distccd on port 1" in n for n in notes), notes
+        wt = e2e_cache / "worktrees" / "e2e-baseline"
+        env, cc_args, jobs = compile_env(e2e_cache, wt, 0, use)  # no local slot: the compile must go remote
+        assert jobs == 2 and env["DISTCC_HOSTS"] == f"127.0.0.1:{port}/2"
+        env["DISTCC_DIR"] = str(tmp_path / "distcc")  # no back-off state from earlier runs
+        (tmp_path / "distcc").mkdir()
+        (wt / "build/kernel/rcu/srcutree.o").unlink(missing_ok=True)
+        res = subprocess.run(["make", "-C", str(wt), "O=build", *cc_args, "kernel/rcu/srcutree.o"],
+                             env={**os.environ, **env, "CCACHE_RECACHE": "1"}, capture_output=True, text=True)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+        assert (wt / "build/kernel/rcu/srcutree.o").exists()
+        time.sleep(0.5)
+        served = [ln for ln in log.read_text().splitlines() if "COMPILE_OK" in ln]
+        assert any("srcutree.c" in ln for ln in served), log.read_text()[-2000:]
+    finally:
+        os.killpg(daemon.pid, 9)
+        daemon.wait()
