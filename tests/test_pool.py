@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -401,3 +402,46 @@ def test_builds_use_distcc_on_pool_hosts_that_offer_it(built_kernel, e2e_cache: 
     finally:
         os.killpg(daemon.pid, 9)
         daemon.wait()
+
+
+@pytest.mark.slow
+@needs_root
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_stopping_a_pool_run_leaves_no_qemu_on_any_host_and_resume_finishes(built_kernel, e2e_cache: Path,
+                                                                            lab: dict, tmp_path: Path,
+                                                                            how: str) -> None:
+    """Both hosts boot test hosts at once (share_cpus); the pipeline is stopped. SIGTERM runs the cleanup
+    (worker threads stop, links dropped); SIGKILL runs none, so only the tethers can end the remote QEMUs.
+    Either way no QEMU is left and --resume keeps what was measured and finishes."""
+    from test_faults import counted, no_new_qemu, results_of, start_run, wait_for
+
+    lab1, lab3 = lab["hosts"][0], lab["hosts"][2]
+    cfg = small_config(tmp_path, "  - {name: phase1, tree: debian-6.1, changes: "
+                                 "[{cmdline: srcutree.srcu_max_nodelay_phase=1}]}", counted=3)
+    entries = [h.yaml(lab["key"], lab["known_hosts"]).replace("0.5}", "0.5, share_cpus: true}") for h in (lab1, lab3)]
+    cfg.write_text(cfg.read_text() + "hosts:\n" + "".join(entries))
+    before = qemu_pids()
+
+    def remote_qemus() -> list[int]:
+        return [p for h in (lab1, lab3) if h.proc for p in descendants(h.proc.pid) if _comm(p).startswith("qemu")]
+
+    proc = start_run(cfg, e2e_cache)
+    wait_for(lambda: counted(tmp_path, "base") + counted(tmp_path, "phase1") >= 1, 400, "a first counted run")
+    wait_for(lambda: len(remote_qemus()) >= 1, 120, "test hosts booting on the pool")
+    proc.send_signal(signal.SIGTERM if how == "SIGTERM" else signal.SIGKILL)
+    out, _ = proc.communicate(timeout=60)
+    wait_for(lambda: not remote_qemus(), 20, "the remote QEMUs to end")
+    no_new_qemu(before)
+    run_dir, res = results_of(tmp_path)
+    assert res["status"] == ("interrupted" if how == "SIGTERM" else "running"), out
+    kept = {n: list(c["runs"]) for n, c in res["candidates"].items()}
+    proc = start_run(cfg, e2e_cache, "--resume", str(run_dir))
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode in (0, 2), out
+    no_new_qemu(before)
+    _, res = results_of(tmp_path)
+    assert res["status"] == "finished"
+    for name, runs in kept.items():
+        final = res["candidates"][name]["runs"]
+        assert final[: len(runs)] == runs and sorted(r["round"] for r in final) == [0, 1, 2]
+    assert {r["host"] for c in res["candidates"].values() for r in c["runs"]} == {"lab1", "lab3"}
