@@ -35,17 +35,28 @@ from .errors import InfraError
 
 log = logging.getLogger(__name__)
 
-# $1 = log file, the rest = the command. QEMU's stdin is /dev/null; the watcher
-# reads the channel's stdin (fd 3) and kills QEMU when it closes.
+# $1 = log file, the rest = the command. The command's stdin is /dev/null; a
+# watcher reads the channel's stdin (fd 3) and, when it closes, signals this
+# shell, whose trap stops the command. Only this shell's own unreaped child and
+# the watcher (also its child) are ever signalled, so no stale PID is hit; the
+# shell kills the watcher before it exits. setpriv's parent-death signal ends
+# the command if this shell dies any other way.
 TETHER = r"""exec 3<&0
 log=$1; shift
-"$@" </dev/null 3<&- >>"$log" 2>&1 &
+finished=
+trap '[ -n "$finished" ] || { kill -TERM "$child" 2>/dev/null; wait "$child"; }; exit 143' TERM HUP
+pd=
+command -v setpriv >/dev/null 2>&1 && pd="setpriv --pdeathsig KILL --"
+$pd "$@" </dev/null 3<&- >>"$log" 2>&1 &
 child=$!
 echo "pid $child"
-(cat <&3 >/dev/null; kill -TERM "$child"; sleep 3; kill -KILL "$child") >/dev/null 2>&1 &
+(cat <&3 >/dev/null 2>&1; kill -TERM $$) >/dev/null 2>&1 &
+watcher=$!
 exec 3<&-
 wait "$child"
 rc=$?
+finished=1
+kill "$watcher" 2>/dev/null
 echo "exit $rc"
 exit $rc
 """
@@ -130,9 +141,8 @@ def connect(spec: HostSpec, timeout: float = 10.0) -> fabric.Connection:
 class RemoteProcess:
     """QEMU under the tether on one SSH channel."""
 
-    def __init__(self, channel: paramiko.Channel, conn: fabric.Connection, registry: set[RemoteProcess]):
+    def __init__(self, channel: paramiko.Channel, registry: set[RemoteProcess]):
         self.channel = channel
-        self.conn = conn
         self._registry = registry
         self.pid = 0
         deadline = time.monotonic() + 15
@@ -293,7 +303,7 @@ class RemoteExecutor:
         cmd = shlex.join(["sh", "-c", f"printf %s {shlex.quote(header)} >> \"$1\"\n" + TETHER,
                           "kpipe-tether", remote_log, *argv])
         channel.exec_command(cmd)
-        proc = RemoteProcess(channel, self.open(), self._live)
+        proc = RemoteProcess(channel, self._live)
         with self._lock:
             self._live.add(proc)
         return proc

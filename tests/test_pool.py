@@ -220,6 +220,19 @@ def test_runs_are_compared_only_on_the_baselines_kind() -> None:
     assert analyze(results)["rows"][1]["comparisons"]["boot_s"]["verdict"] == "slower"
 
 
+def tethers() -> list[int]:
+    """Live tether shells (the remote side of a spawned QEMU); none may outlive its job."""
+    out = subprocess.run(["pgrep", "-f", "kpipe-tether"], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out if _state(int(p)) not in ("", "Z")]
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return ""
+
+
 def _comm(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip()
@@ -353,6 +366,7 @@ def test_two_host_pool_runs_every_job_and_survives_a_host_dying(built_kernel, e2
     assert len(lost) == 1 and "lab2" in lost[0]["message"]
     assert "LOST" in out and "moves to another host" in out
     assert qemu_pids() <= before  # no QEMU left behind, on either host
+    assert not tethers()  # nor any part of the remote tethers
     html = (tmp_path / "reports" / run_dir.name / "index.html").read_text()
     assert 'id="machines"' in html and "lost" in html
     summary = (tmp_path / "reports" / run_dir.name / "summary.txt").read_text()
@@ -432,6 +446,7 @@ def test_stopping_a_pool_run_leaves_no_qemu_on_any_host_and_resume_finishes(buil
     out, _ = proc.communicate(timeout=60)
     wait_for(lambda: not remote_qemus(), 20, "the remote QEMUs to end")
     no_new_qemu(before)
+    wait_for(lambda: not tethers(), 10, "the tether shells to end")
     run_dir, res = results_of(tmp_path)
     assert res["status"] == ("interrupted" if how == "SIGTERM" else "running"), out
     kept = {n: list(c["runs"]) for n, c in res["candidates"].items()}
