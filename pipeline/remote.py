@@ -36,23 +36,32 @@ from .errors import InfraError
 log = logging.getLogger(__name__)
 
 # $1 = log file, the rest = the command. The command's stdin is /dev/null; a
-# watcher reads the channel's stdin (fd 3) and, when it closes, signals this
-# shell, whose trap stops the command. Only this shell's own unreaped child and
-# the watcher (also its child) are ever signalled, so no stale PID is hit; the
-# shell kills the watcher before it exits. setpriv's parent-death signal ends
-# the command if this shell dies any other way.
+# watcher, started first, reads the channel's stdin (fd 3) and, when it closes,
+# signals this shell, whose trap stops the command. Only this shell's own
+# unreaped children are ever signalled (never a stale PID), the shell kills the
+# watcher before it exits, a closed channel cannot kill the shell (SIGPIPE is
+# ignored), and setpriv's parent-death signal ends the command if the shell is
+# killed all the same.
 TETHER = r"""exec 3<&0
 log=$1; shift
 finished=
-trap '[ -n "$finished" ] || { kill -TERM "$child" 2>/dev/null; wait "$child"; }; exit 143' TERM HUP
+watcher=
+stop() {
+  if [ -z "$finished" ] && [ -n "$watcher" ] && [ "$!" != "$watcher" ]; then
+    kill -TERM "$!" 2>/dev/null; wait "$!"
+  fi
+  exit 143
+}
+trap '' PIPE
+trap stop TERM HUP
+(cat <&3 >/dev/null 2>&1; kill -TERM $$) >/dev/null 2>&1 &
+watcher=$!
 pd=
 command -v setpriv >/dev/null 2>&1 && pd="setpriv --pdeathsig KILL --"
 $pd "$@" </dev/null 3<&- >>"$log" 2>&1 &
 child=$!
-echo "pid $child"
-(cat <&3 >/dev/null 2>&1; kill -TERM $$) >/dev/null 2>&1 &
-watcher=$!
 exec 3<&-
+echo "pid $child"
 wait "$child"
 rc=$?
 finished=1
@@ -188,6 +197,7 @@ class RemoteExecutor:
     _uploaded: set[str] = field(default_factory=set)
     _made: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    aborted: bool = False
 
     @property
     def name(self) -> str:
@@ -195,6 +205,8 @@ class RemoteExecutor:
 
     # -- connection --------------------------------------------------------
     def open(self) -> fabric.Connection:
+        if self.aborted:
+            raise InfraError(f"{self.name}: the run is stopping")
         if self.conn is None or not self.conn.is_connected:
             self.conn = connect(self.spec)
             self._made.clear()
@@ -203,18 +215,22 @@ class RemoteExecutor:
     def close(self) -> None:
         for proc in list(self._live):
             proc.terminate(grace_s=1.0)
-        if self.conn is not None:
-            try:
-                self.conn.close()
-            except Exception:  # noqa: BLE001 - closing a dead link
-                pass
+        self._drop()
 
     def abort(self) -> None:
-        """From another thread: drop the link; the tethers kill every QEMU of ours there."""
+        """From another thread: drop the link (the tethers kill every QEMU of ours there) and
+        never connect again, so a worker cannot start a test host after the run was stopped."""
+        self.aborted = True
+        self._drop()
+
+    def _drop(self) -> None:
+        """Close the socket even when paramiko already thinks the transport is inactive (fabric's
+        close() then does nothing, and an open socket keeps the remote session, and QEMU, alive)."""
         if self.conn is not None:
             try:
                 self.conn.close()
-            except Exception:  # noqa: BLE001
+                self.conn.client.close()
+            except Exception:  # noqa: BLE001 - closing a dead link
                 pass
 
     def healthy(self, timeout: float = 15.0) -> tuple[bool, str]:
