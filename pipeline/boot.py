@@ -7,9 +7,9 @@ within the timeout as `boot-timeout`. QEMU is always terminated.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shlex
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,20 +43,10 @@ class BootFailed(PipelineError):
 
 
 def local_kvm_facts() -> dict[str, str]:
-    """The /dev/kvm facts of this machine, in the form the remote probe reports them."""
-    facts = {}
-    if os.path.exists("/dev/kvm"):
-        facts["kvm_exists"] = "1"
-    if os.access("/dev/kvm", os.R_OK | os.W_OK):
-        facts["kvm_rw"] = "1"
-    try:
-        modules = Path("/proc/modules").read_text()
-    except OSError:
-        modules = ""
-    # Loaded as a module or built in: either way it shows under /sys/module.
-    if re.search(r"^kvm_pvm\b", modules, re.M) or Path("/sys/module/kvm_pvm").exists():
-        facts["kvm_pvm"] = "1"
-    return facts
+    """This machine's /dev/kvm facts, from the same probe every pool host runs."""
+    from .remote import local_probe
+
+    return local_probe(tempfile.gettempdir())
 
 
 def kvm_verdict(facts: dict[str, str]) -> tuple[bool, str]:

@@ -10,6 +10,7 @@ only the hosts of the largest kind take jobs.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
@@ -91,8 +92,6 @@ def check_host(host: PoolHost, wanted_accel: str) -> None:
         problems.append(facts["error"])
     if not facts.get("qemu"):
         problems.append("qemu-system-x86_64 is not installed there (apt-get install qemu-system-x86)")
-    elif not spec.local:
-        host.executor.qemu = facts["qemu"]  # type: ignore[attr-defined]
     free_gb = int(facts.get("free_kb") or 0) / 1024**2
     if free_gb < spec.min_free_gb:
         problems.append(f"only {free_gb:.1f} GiB free in {spec.workdir}, need {spec.min_free_gb:g} GiB (min_free_gb)")
@@ -144,8 +143,6 @@ def distcc_hosts(hosts: list[PoolHost], compiler: str) -> tuple[tuple[str, ...],
     A host is used only if its distccd accepts a connection and its gcc is the
     one compiling here (a different compiler would change the kernel).
     """
-    import socket
-
     use, notes = [], []
     for h in hosts:
         if not h.spec.distcc or h.status not in (OK, UNUSED):

@@ -19,6 +19,7 @@ import logging
 import os
 import random
 import shlex
+import subprocess
 import threading
 import time
 import uuid
@@ -255,7 +256,10 @@ class RemoteExecutor:
 
     def probe(self) -> dict[str, str]:
         res = self.run(["sh", "-c", PROBE, "kpipe-probe", self.spec.workdir], timeout=60)
-        return parse_probe(res.stdout)
+        facts = parse_probe(res.stdout)
+        if facts.get("qemu"):
+            self.qemu = facts["qemu"]  # the binary the probe found there
+        return facts
 
     # -- Executor interface -------------------------------------------------
     def _mkdir(self, path: str) -> None:
@@ -360,8 +364,6 @@ class RemoteExecutor:
 
 def local_probe(workdir: str) -> dict[str, str]:
     """The same facts as PROBE, for the machine running the pipeline."""
-    import subprocess
-
     os.makedirs(workdir, exist_ok=True)
     out = subprocess.run(["sh", "-c", PROBE, "kpipe-probe", workdir], capture_output=True, text=True,
                          timeout=60, check=False)
