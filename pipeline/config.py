@@ -21,6 +21,11 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 CMDLINE_PARAM_RE = re.compile(r"^[A-Za-z0-9_.\-]+(=[A-Za-z0-9_.,:/\-]*)?$")
 CHANGE_KINDS = ("patch", "revert", "config", "cmdline")
 ACCELERATORS = ("auto", "kvm", "tcg")
+SPIN_MODES = ("io", "loop", "cpuid", "fault")
+# Where the VMM's threads run in the test host: flash vCPU and readers on
+# distinct CPUs, all on one CPU (with the SRCU kworker), or wherever the
+# scheduler puts them.
+PLACEMENTS = ("apart", "shared", "free")
 
 
 @dataclass(frozen=True)
@@ -39,11 +44,24 @@ class Change:
 
 
 @dataclass(frozen=True)
+class Workload:
+    cycles: int = 6000
+    static_slots: int = 0
+    spinners: int = 1
+    spin_mode: str = "io"
+    placement: str = "apart"
+    timeout_s: int = 600
+
+
+@dataclass(frozen=True)
 class Candidate:
     name: str
     tree: str
     changes: tuple[Change, ...] = ()
     description: str = ""
+    workload: Workload | None = None  # None: the config's workload
+    role: str = ""  # "control": a check of the method, with its prediction in the description
+    compare_to: str = ""  # "": the baseline
 
     @property
     def cmdline(self) -> tuple[str, ...]:
@@ -102,16 +120,6 @@ LOCAL_HOST = HostSpec(name="local", local=True)
 
 
 @dataclass(frozen=True)
-class Workload:
-    cycles: int = 6000
-    static_slots: int = 0
-    spinners: int = 1
-    spin_mode: str = "io"
-    pin: bool = True
-    timeout_s: int = 600
-
-
-@dataclass(frozen=True)
 class Repetitions:
     warmup: int = 1
     counted: int = 5
@@ -145,6 +153,10 @@ class Config:
     repetitions: Repetitions
     report: ReportSettings
     hosts: tuple[HostSpec, ...] = (LOCAL_HOST,)
+
+    def workload_of(self, cand: Candidate) -> Workload:
+        """The workload a candidate runs: its own settings over the config's."""
+        return cand.workload or self.workload
 
     def candidate(self, name: str) -> Candidate:
         for c in self.candidates:
@@ -280,7 +292,8 @@ def load_config(path: str | Path, hosts_file: str | Path | None = None) -> Confi
     data = r.mapping(data, "", TOP_KEYS, ("trees", "baseline", "candidates"))
 
     trees = _load_trees(r, data["trees"])
-    candidates = _load_candidates(r, data["candidates"], trees)
+    workload = _load_workload(r, data.get("workload"), "workload", Workload())
+    candidates = _load_candidates(r, data["candidates"], trees, workload)
     baseline = r.typed(data["baseline"], "baseline", str)
     if baseline not in {c.name for c in candidates}:
         raise r.error("baseline", f"'{baseline}' names no candidate; candidates: "
@@ -307,14 +320,6 @@ def load_config(path: str | Path, hosts_file: str | Path | None = None) -> Confi
                                             f"valid accelerators: {', '.join(ACCELERATORS)}"),
         "cmdline": lambda v, p: r.typed(v, p, str),
         "boot_timeout_s": _positive(r),
-    })
-    workload = r.settings(data.get("workload"), "workload", Workload, {
-        "cycles": _positive(r),
-        "static_slots": lambda v, p: r.typed(v, p, int, lambda x: 0 <= x <= 32000, "0 to 32000"),
-        "spinners": lambda v, p: r.typed(v, p, int, lambda x: 0 <= x <= 16, "0 to 16"),
-        "spin_mode": lambda v, p: r.typed(v, p, str, lambda x: x in ("io", "loop", "cpuid"), "io, loop or cpuid"),
-        "pin": lambda v, p: r.typed(v, p, bool),
-        "timeout_s": _positive(r),
     })
     reps = r.settings(data.get("repetitions"), "repetitions", Repetitions, {
         "warmup": _non_negative(r),
@@ -431,13 +436,35 @@ def _load_trees(r: _Reader, data: Any) -> dict[str, Tree]:
     return trees
 
 
-def _load_candidates(r: _Reader, data: Any, trees: dict[str, Tree]) -> tuple[Candidate, ...]:
+def _load_workload(r: _Reader, data: Any, path: str, base: Workload) -> Workload:
+    """Workload settings over `base`; `pin: true|false` is read as placement apart|free."""
+    if isinstance(data, dict) and "pin" in data:
+        data = dict(data)
+        pin = r.typed(data.pop("pin"), f"{path}.pin", bool)
+        if "placement" in data:
+            raise r.error(f"{path}.pin", "give either placement or the older pin, not both")
+        data["placement"] = "apart" if pin else "free"
+    converters: dict[str, Callable[[Any, str], Any]] = {
+        "cycles": _positive(r),
+        "static_slots": lambda v, p: r.typed(v, p, int, lambda x: 0 <= x <= 32000, "0 to 32000"),
+        "spinners": lambda v, p: r.typed(v, p, int, lambda x: 0 <= x <= 16, "0 to 16"),
+        "spin_mode": lambda v, p: r.typed(v, p, str, lambda x: x in SPIN_MODES, "one of " + ", ".join(SPIN_MODES)),
+        "placement": lambda v, p: r.typed(v, p, str, lambda x: x in PLACEMENTS, "one of " + ", ".join(PLACEMENTS)),
+        "timeout_s": _positive(r),
+    }
+    mapping = r.mapping(data, path, (*converters, "pin"))
+    return dataclasses.replace(base, **{k: converters[k](v, f"{path}.{k}") for k, v in mapping.items()})
+
+
+def _load_candidates(r: _Reader, data: Any, trees: dict[str, Tree],
+                     workload: Workload) -> tuple[Candidate, ...]:
     items = r.typed(data, "candidates", list, lambda x: len(x) > 0, "at least one candidate")
     seen: set[str] = set()
     out = []
     for i, item in enumerate(items):
         path = f"candidates[{i}]"
-        item = r.mapping(item, path, ("name", "tree", "changes", "description"), ("name", "tree"))
+        item = r.mapping(item, path, ("name", "tree", "changes", "description", "workload", "role",
+                                      "compare_to"), ("name", "tree"))
         name = r.typed(item["name"], f"{path}.name", str, lambda x: bool(NAME_RE.match(x)),
                        "letters, digits, '.', '_', '-', at most 64")
         if name in seen:
@@ -466,6 +493,19 @@ def _load_candidates(r: _Reader, data: Any, trees: dict[str, Tree]) -> tuple[Can
                             lambda x: all(CMDLINE_PARAM_RE.match(w) for w in x.split()),
                             "kernel parameters are name or name=value")
                 changes.append(Change(kind, " ".join(params)))
+        own_workload = (_load_workload(r, item["workload"], f"{path}.workload", workload)
+                        if "workload" in item else None)
+        role = r.typed(item.get("role", ""), f"{path}.role", str, lambda x: x in ("", "control"),
+                       "'control' or nothing")
+        compare_to = r.typed(item.get("compare_to", ""), f"{path}.compare_to", str)
         out.append(Candidate(name, tree, tuple(changes),
-                             r.typed(item.get("description", ""), f"{path}.description", str)))
+                             r.typed(item.get("description", ""), f"{path}.description", str),
+                             own_workload, role, compare_to))
+    names = [c.name for c in out]
+    for i, c in enumerate(out):
+        if c.compare_to and c.compare_to not in names:
+            raise r.error(f"candidates[{i}].compare_to", f"'{c.compare_to}' names no candidate; candidates: "
+                          f"{', '.join(names)}")
+        if c.compare_to == c.name:
+            raise r.error(f"candidates[{i}].compare_to", "a candidate cannot be compared with itself")
     return tuple(out)

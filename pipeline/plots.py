@@ -45,9 +45,17 @@ def distribution(results: dict[str, Any], order: list[str], metric: str, title: 
         ax.scatter(vals, [i] * len(vals), s=14, color=color, alpha=0.8, zorder=3)
     ax.set_yticks(range(len(order)), [_label(n) for n in order])
     ax.invert_yaxis()
-    ax.set_xlabel(f"{title} ({unit}), one dot per counted run")
-    ax.set_xlim(left=0)
+    log = _wide(results, order, metric)
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel(f"{title} ({unit}{', log scale' if log else ''}), one dot per counted run")
     return _svg(fig)
+
+
+def _wide(results: dict[str, Any], order: list[str], metric: str) -> bool:
+    """True when the values span more than 5x: a log axis then keeps small differences visible."""
+    vals = [r["metrics"][metric] for n in order for r in _runs(results, n) if r["metrics"].get(metric, 0) > 0]
+    return bool(vals) and max(vals) / min(vals) > 5
 
 
 def tradeoff(results: dict[str, Any], order: list[str]) -> str:
@@ -60,7 +68,11 @@ def tradeoff(results: dict[str, Any], order: list[str]) -> str:
                    s=22, color=COLORS[i % len(COLORS)], label=_label(name), alpha=0.85)
     ax.set_xlabel("guest boot time (s)  - lower is better")
     ax.set_ylabel("host CPU over the boot (s)  - lower is better")
-    ax.set_xlim(left=0)
+    if _wide(results, order, "boot_s"):
+        ax.set_xscale("log")
+        ax.set_xlabel("guest boot time (s, log scale)  - lower is better")
+    else:
+        ax.set_xlim(left=0)
     ax.set_ylim(bottom=0)
     if ax.has_data():
         ax.legend(fontsize=8, frameon=False)
@@ -104,6 +116,39 @@ def latency_percentiles(results: dict[str, Any], order: list[str]) -> str:
     ax.set_yscale("log")
     ax.set_xticks([k + 0.4 - width / 2 for k in range(len(keys))], [label for _, label in keys])
     ax.set_ylabel("KVM_SET_USER_MEMORY_REGION latency (us, log)")
+    if ax.has_data():
+        ax.legend(fontsize=8, frameon=False)
+    return _svg(fig)
+
+
+def gp_histogram(results: dict[str, Any], order: list[str]) -> str:
+    """Share of memslot updates per latency bin (all counted runs), one line per candidate, log axes."""
+    fig, ax = plt.subplots(figsize=(6.8, 3.8))
+    edges: list[float] = []
+    for i, name in enumerate(order):
+        total: list[int] = []
+        for r in _runs(results, name):
+            raw = r.get("raw", {})
+            if "hist_edges_us" not in raw:
+                continue
+            edges = [float(e) for e in raw["hist_edges_us"]]
+            counts = [d + c for d, c in zip(raw["hist_delete"], raw["hist_create"], strict=True)]
+            total = [a + b for a, b in zip(total, counts, strict=True)] if total else counts
+        n = sum(total)
+        if not n:
+            continue
+        # Bin k spans [edges[k-1], edges[k]); the first starts at 1 us, the open last one is drawn 2 ms wide.
+        lows = [1.0] + edges
+        highs = edges + [edges[-1] + 2000.0]
+        xs, ys = [], []
+        for lo, hi, cnt in zip(lows, highs, total, strict=True):
+            xs += [lo / 1000, hi / 1000]
+            ys += [cnt / n, cnt / n]
+        ax.plot(xs, ys, color=COLORS[i % len(COLORS)], label=_label(name), linewidth=1.2)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("KVM_SET_USER_MEMORY_REGION latency (ms, log; 1 ms bins above 1 ms)")
+    ax.set_ylabel("share of updates (log)")
     if ax.has_data():
         ax.legend(fontsize=8, frameon=False)
     return _svg(fig)
@@ -158,4 +203,5 @@ def all_plots(results: dict[str, Any], order: list[str]) -> dict[str, str]:
         "tradeoff": tradeoff(results, order),
         "timeline": timeline(results, order),
         "latency": latency_percentiles(results, order),
+        "histogram": gp_histogram(results, order),
     }

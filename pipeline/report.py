@@ -53,7 +53,8 @@ def render_text(results: dict[str, Any], metadata: dict[str, Any], analysis: dic
          f"{_updates_hint(results)} memslot updates, on each candidate kernel, "
          f"compared with '{a['baseline']}'.")
     out.append("")
-    head = f"{'candidate':<24} {'n':>2} {'boot s':>7} {'change':>8} {'p':>7} {'CPU s':>6} {'change':>8}"
+    head = (f"{'candidate':<21} {'n':>2} {'boot s':>7} {'change':>8} {'p':>7} {'CPU s':>6} {'change':>8} "
+            f"{'ms/GP':>6}")
     out.append(head)
     out.append("-" * len(head))
     for r in a["rows"]:
@@ -61,18 +62,20 @@ def render_text(results: dict[str, Any], metadata: dict[str, Any], analysis: dic
         cpu = r["summaries"]["host_cpu_s"]
         cb = r["comparisons"].get("boot_s", {})
         cc = r["comparisons"].get("host_cpu_s", {})
-        name = r["name"] if len(r["name"]) <= 24 else r["name"][:23] + "~"
+        name = r["name"] if len(r["name"]) <= 21 else r["name"][:20] + "~"
         if r["status"] != "ok":
-            out.append(f"{name:<24} {r['status']}")
+            out.append(f"{name:<21} {r['status']}")
             continue
         chg = "(base)" if r["is_baseline"] else _pct(cb.get("change_pct"))
         cchg = "(base)" if r["is_baseline"] else _pct(cc.get("change_pct"))
         pv = "" if r["is_baseline"] else fmt_p(cb.get("p_value", math.nan))
-        out.append(f"{name:<24} {r['n']:>2} {fmt_num(b['median']):>7} {chg:>8} {pv:>7} "
-                   f"{fmt_num(cpu['median']):>6} {cchg:>8}")
+        out.append(f"{name:<21} {r['n']:>2} {fmt_num(b['median']):>7} {chg:>8} {pv:>7} "
+                   f"{fmt_num(cpu['median']):>6} {cchg:>8} {fmt_num(r['summaries']['gp_ms']['median'], 3):>6}")
     out.append("")
-    out.append(f"Verdicts (Mann-Whitney U, alpha {a['alpha']:.2f}, min effect {a['min_effect_pct']:.0f}%;")
-    out.append("medians with bootstrap 95% intervals):")
+    tests = sorted({c.get("test", "") for r in a["rows"] for c in r["comparisons"].values() if c.get("test")})
+    para(f"Verdicts ({' / '.join(_TEST_NAMES.get(t, t) for t in tests) or 'no test run'}, two-sided, "
+         f"alpha {a['alpha']:.2f}, min effect {a['min_effect_pct']:.0f}%; medians with bootstrap 95% "
+         f"intervals; each against the baseline unless 'vs' says otherwise):")
     for r in a["rows"]:
         if r["is_baseline"]:
             continue
@@ -84,11 +87,16 @@ def render_text(results: dict[str, Any], metadata: dict[str, Any], analysis: dic
                 line += f" - {r['status_detail']}"
             out.extend(textwrap.wrap(line, WIDTH, subsequent_indent="    "))
             continue
-        line = (f"  {r['name']}: boot {cb['verdict']} {_pct(cb['change_pct'])} "
+        vs = "" if r["compare_to"] == a["baseline"] else f" vs {r['compare_to']}"
+        role = " (control)" if r.get("role") == "control" else ""
+        line = (f"  {r['name']}{role}{vs}: boot {cb['verdict']} {_pct(cb['change_pct'])} "
                 f"[{_pct(cb['change_ci_low'])}, {_pct(cb['change_ci_high'])}], "
                 f"host CPU {cc['verdict']} {_pct(cc['change_pct'])} "
                 f"[{_pct(cc['change_ci_low'])}, {_pct(cc['change_ci_high'])}]")
         out.extend(textwrap.wrap(line, WIDTH, subsequent_indent="    "))
+    for w in a.get("warnings", []):
+        out.append("")
+        para("Warning: " + w)
     out.append("")
     accel = metadata.get("accelerator", {}).get("name", "?")
     th = metadata.get("test_host", {})
@@ -98,7 +106,11 @@ def render_text(results: dict[str, Any], metadata: dict[str, Any], analysis: dic
     if machines:
         para(machines)
     para("host CPU = test-host CPU time over the guest boot (all CPUs, /proc/stat) minus the reader vCPUs' "
-         "own guest spinning.")
+         "own guest spinning. ms/GP = time in KVM_SET_USER_MEMORY_REGION per expedited SRCU grace period "
+         "(two per memslot delete, one per create in a 6.1 host).")
+    if "tcg" in str(accel).lower():
+        para("The test host runs under QEMU TCG and the workload's guest nested in it: compare ratios, "
+             "not absolute times.")
     out.append("")
     out.append(f"Full report: {report_url(base_url, run_id)}")
     return "\n".join(line.rstrip() for line in out) + "\n"
@@ -124,6 +136,9 @@ def _machines_line(a: dict[str, Any]) -> str:
         n = sum(r.get("excluded_other_kind", 0) for r in a["rows"])
         text += f" Compared only runs on kind '{a['reference_kind']}' ({n} runs on other kinds left out)."
     return text
+
+
+_TEST_NAMES = {"mann-whitney": "Mann-Whitney U", "welch-log": "Welch's t on log times", "welch": "Welch's t"}
 
 
 def _pct(v: float | None) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import platform
 import shutil
@@ -64,6 +65,7 @@ def selected_candidates(cfg: Config, only: list[str] | None) -> list[Candidate]:
     if unknown:
         raise UserError(f"--only: no candidate named {', '.join(sorted(unknown))}; candidates: "
                         f"{', '.join(c.name for c in cfg.candidates)}")
+    names |= {c.compare_to for c in cfg.candidates if c.name in names and c.compare_to}
     return [c for c in cfg.candidates if c.name in names]
 
 
@@ -81,6 +83,7 @@ def collect_metadata(cfg: Config, accel: tuple[str, str, str], trees: dict[str, 
         "test_host": {"cpus": cfg.test_host.cpus, "memory_mb": cfg.test_host.memory_mb,
                       "cmdline": cfg.test_host.cmdline},
         "workload": vars(cfg.workload),
+        "candidate_workloads": {c.name: vars(c.workload) for c in cfg.candidates if c.workload},
         "repetitions": vars(cfg.repetitions),
         "trees": {n: {"origin": t.origin, "commit": t.commit} for n, t in trees.items()},
         "inputs": input_hashes(cfg),
@@ -233,7 +236,7 @@ class Runner:
                         raise InfraError(f"test host runs {host.info.get('uname_r')}, "
                                          f"expected {prep.artifacts.kernel_release}")
                     install_vmm(host, vmm)
-                    result = run_workload(host, self.cfg.workload, self.cfg.test_host.cpus)
+                    result = run_workload(host, self.cfg.workload_of(prep.candidate), self.cfg.test_host.cpus)
                     entry = {"round": round_idx, "kind": kind, "attempt": attempt, "finished": now_iso(),
                              "host": pool_host.name, "host_kind": pool_host.kind,
                              "boot_to_ssh_s": round(host.boot_seconds, 2),
@@ -247,7 +250,8 @@ class Runner:
                 self.progress.step_done(time.monotonic() - t0)
                 self.progress.say("run", name, f"{kind} #{round_idx}{where}: guest boot {m['boot_s']:.2f} s, "
                                   f"host CPU {m['host_cpu_s']:.2f} s, {int(m['updates'])} updates, "
-                                  f"{int(m['updates_over_2ms'])} over 2 ms")
+                                  f"{m.get('gp_ms', math.nan):.2f} ms per grace period, "
+                                  f"{int(m.get('updates_over_jiffy', m['updates_over_2ms']))} over a jiffy")
                 return
             except BootFailed as exc:
                 self._host_check(pool_host, c, tag, exc)
@@ -381,7 +385,11 @@ def run_pipeline(cfg: Config, only: list[str] | None = None, progress: Progress 
                                "candidate_order": [c.name for c in cands],
                                "candidate_specs": {c.name: {"tree": c.tree, "description": c.description,
                                                             "changes": [{"kind": ch.kind, "value": ch.value}
-                                                                        for ch in c.changes]} for c in cands},
+                                                                        for ch in c.changes],
+                                                            "role": c.role,
+                                                            "compare_to": c.compare_to or cfg.baseline,
+                                                            "workload": vars(cfg.workload_of(c))}
+                                                   for c in cands},
                                "settings": {"alpha": cfg.report.alpha, "min_effect_pct": cfg.report.min_effect_pct,
                                             "bootstrap_resamples": cfg.report.bootstrap_resamples,
                                             "base_url": cfg.report.base_url,

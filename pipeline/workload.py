@@ -48,10 +48,13 @@ def build_vmm(cache_dir: Path, log_file: Path | None = None) -> Path:
 def vmm_argv(binary: str, w: Workload, cpus: int) -> list[str]:
     argv = [binary, "--cycles", str(w.cycles), "--static-slots", str(w.static_slots),
             "--spinners", str(w.spinners), "--spin-mode", w.spin_mode, "--timeout", str(w.timeout_s)]
-    if w.pin and cpus >= 2:
+    if w.placement == "apart" and cpus >= 2:
         # Flash vCPU and SRCU-reader vCPUs on distinct test-host CPUs: placement
         # otherwise moves totals by up to 4x whatever the kernel.
         argv += ["--flash-cpu", "0", "--spinner-cpu", "1"]
+    elif w.placement == "shared":
+        # Readers on the updater's CPU, as on a busy host: they preempt it and it them.
+        argv += ["--flash-cpu", "0", "--spinner-cpu", "0"]
     return argv
 
 
@@ -65,7 +68,7 @@ def derive_metrics(raw: dict[str, Any]) -> dict[str, float]:
     vmm_s = (ru["user_us"] + ru["system_us"]) / 1e6
     spin_s = sum(s.get("cpu_ns", 0) for s in raw.get("spinners_detail", [])) / 1e9
     upd = raw["update_ns"]
-    return {
+    return _grace_period_metrics(raw) | {
         "boot_s": raw["boot_ns"] / 1e9,
         "flash_s": raw["flash_ns"] / 1e9,
         "setup_s": raw["setup_ns"] / 1e9,
@@ -86,6 +89,40 @@ def derive_metrics(raw: dict[str, Any]) -> dict[str, float]:
         "update_sum_s": upd["sum"] / 1e9,
         "updates_over_2ms": float(upd["over_2ms"]),
     }
+
+
+def _grace_period_metrics(raw: dict[str, Any]) -> dict[str, float]:
+    """Per-kind latencies, cost per expedited grace period, readers' exits, kworker CPU (VMM version >= 2)."""
+    if "update_delete_ns" not in raw:
+        return {}
+    dele, cre = raw["update_delete_ns"], raw["update_create_ns"]
+    gps = raw.get("gp_per_delete", 2) * dele["n"] + raw.get("gp_per_create", 1) * cre["n"]
+    readers = raw.get("spinners_detail", [])
+    reader_exits = sum(max(0, s.get("kvm_exits", 0)) for s in readers)
+    flash_s = raw["flash_ns"] / 1e9
+    return {
+        "gp_ms": (dele["sum"] + cre["sum"]) / 1e6 / gps if gps else 0.0,
+        "grace_periods": float(gps),
+        "delete_p50_us": dele["p50"] / 1e3,
+        "delete_p99_us": dele["p99"] / 1e3,
+        "create_p50_us": cre["p50"] / 1e3,
+        "create_p99_us": cre["p99"] / 1e3,
+        "delete_mean_ms": dele["sum"] / 1e6 / dele["n"] if dele["n"] else 0.0,
+        "create_mean_ms": cre["sum"] / 1e6 / cre["n"] if cre["n"] else 0.0,
+        "updates_over_jiffy": float(dele["over_jiffy"] + cre["over_jiffy"]),
+        "jiffy_ms": raw["jiffy_ns"] / 1e6,
+        "kworker_cpu_s": raw.get("kworker_cpu_ticks", 0) / float(raw.get("clk_tck") or 100),
+        "reader_exits": float(reader_exits),
+        "reader_exits_per_s": reader_exits / flash_s if flash_s else 0.0,
+    }
+
+
+def histogram(raw: dict[str, Any]) -> dict[str, list[int]]:
+    """The VMM's latency histogram: upper bin edges (us) and counts per kind (the last bin is open)."""
+    if "hist_edges_us" not in raw:
+        return {}
+    return {"edges_us": list(raw["hist_edges_us"]), "delete": list(raw["hist_delete"]),
+            "create": list(raw["hist_create"])}
 
 
 def parse_output(stdout: str) -> dict[str, Any]:

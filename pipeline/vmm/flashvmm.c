@@ -9,16 +9,30 @@
  * The guest then reads the status register; with no memslot that read exits
  * too and we re-add the memslot (ROM mode) before answering "ready".  The
  * guest checks that the ROM content is visible again and goes on.  Every
- * cycle therefore makes two KVM_SET_USER_MEMORY_REGION calls, each ending in
- * synchronize_srcu_expedited(&kvm->srcu) in the host kernel.
+ * cycle therefore makes two KVM_SET_USER_MEMORY_REGION calls: the delete
+ * costs two expedited SRCU grace periods in a 6.1 host
+ * (kvm_invalidate_memslot() and kvm_delete_memslot() each end in
+ * synchronize_srcu_expedited(&kvm->srcu)), the create one.
  *
  * Extra vCPUs keep running guest code meanwhile (kvm->srcu readers), and a
  * number of static memslots can be held live to model a large guest.
+ * Reader kinds (--spin-mode): loop (guest spins; KVM holds kvm->srcu only
+ * while it handles the rare exits), io (a port write per iteration, each an
+ * exit to us), cpuid (exits handled inside KVM), fault (the guest keeps
+ * touching pages the VMM keeps discarding: each touch is a page fault that
+ * KVM handles under kvm->srcu, allocating memory and taking mmap_lock, so
+ * the read section can sleep).
+ *
+ * Accounting: each update's latency by kind (delete/create), a histogram,
+ * the updates that took at least a jiffy, KVM's own per-vCPU exit counters
+ * (binary stats fd), the CPU time of the VMM's threads and of the test
+ * host's kworkers (where SRCU's grace-period work runs).
  *
  * Output: one JSON document on stdout.  Exit 0 on success, 1 on a usage or
  * KVM error, 2 if the guest reported a failure, 3 on watchdog timeout.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/kvm.h>
@@ -43,7 +57,7 @@
 #define STATIC_GPA      0x100000UL      /* static slots start at 1 MiB */
 #define SLOT_RAM        0
 #define SLOT_FLASH      1
-#define SLOT_STATIC0    2
+#define SLOT_STATIC0    3
 #define PORT_BOOTED     0xF1
 #define PORT_FAILED     0xF2
 #define PORT_SPIN       0xF3
@@ -51,10 +65,27 @@
 #define SPIN_IO_GPA     0x2000
 #define SPIN_LOOP_GPA   0x2010
 #define SPIN_CPUID_GPA  0x2020
+#define SPIN_FAULT_GPA  0x2030
+#define SCRATCH_GPA     0x90000UL       /* pages the fault reader touches */
+#define SCRATCH_SIZE    0x10000UL       /* 16 pages */
+#define SLOT_SCRATCH    2
 #define MAX_SPINNERS    16
 #define MAX_CPUS        64
 #define TIMELINE_POINTS 20
-#define SLEEP_NS        2000000ULL      /* an update over 2 ms slept */
+#define SLEEP_NS        2000000ULL      /* kept for older reports: updates over 2 ms */
+#define DISCARD_US      1000            /* fault reader: pages discarded every 1 ms */
+
+/* Histogram of update latencies, upper bin edges in microseconds: log bins
+ * below a millisecond, then 1 ms bins up to 64 ms, then an overflow bin. */
+static const unsigned int hist_edges_us[] = {
+	10, 20, 50, 100, 200, 500, 1000,
+	2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 10000, 11000, 12000, 13000, 14000, 15000, 16000,
+	17000, 18000, 19000, 20000, 21000, 22000, 23000, 24000, 25000, 26000, 27000, 28000, 29000, 30000,
+	31000, 32000, 33000, 34000, 35000, 36000, 37000, 38000, 39000, 40000, 41000, 42000, 43000, 44000,
+	45000, 46000, 47000, 48000, 49000, 50000, 51000, 52000, 53000, 54000, 55000, 56000, 57000, 58000,
+	59000, 60000, 61000, 62000, 63000, 64000,
+};
+#define HIST_BINS (sizeof(hist_edges_us) / sizeof(hist_edges_us[0]) + 1)
 
 /* Hand-assembled real-mode code; see the comment block above each. */
 static const uint8_t flash_code[] = {
@@ -88,6 +119,17 @@ static const uint8_t spin_cpuid_code[] = {
 	0x0F, 0xA2,                     /* cpuid        */
 	0xEB, 0xFC,                     /* jmp back     */
 };
+/* Write one byte per 4 KiB page of the scratch slot, round and round: a page
+ * the VMM has discarded faults into KVM again. */
+static const uint8_t spin_fault_code[] = {
+	0xB8, 0x00, 0x90,               /* mov ax, 0x9000     ; top:    */
+	0x8E, 0xC0,                     /* mov es, ax         ; next:   */
+	0x26, 0xC6, 0x06, 0x00, 0x00, 0x01, /* mov byte [es:0], 1       */
+	0x05, 0x00, 0x01,               /* add ax, 0x100      ; +4 KiB  */
+	0x3D, 0x00, 0xA0,               /* cmp ax, 0xA000               */
+	0x72, 0xF0,                     /* jb next                      */
+	0xEB, 0xEB,                     /* jmp top                      */
+};
 
 struct options {
 	long cycles;
@@ -99,9 +141,9 @@ struct options {
 	int timeout_s;
 };
 
-enum { SPIN_IO, SPIN_LOOP, SPIN_CPUID };
-static const char *spin_names[] = { "io", "loop", "cpuid" };
-static const unsigned long spin_entry[] = { SPIN_IO_GPA, SPIN_LOOP_GPA, SPIN_CPUID_GPA };
+enum { SPIN_IO, SPIN_LOOP, SPIN_CPUID, SPIN_FAULT, SPIN_MODES };
+static const char *spin_names[] = { "io", "loop", "cpuid", "fault" };
+static const unsigned long spin_entry[] = { SPIN_IO_GPA, SPIN_LOOP_GPA, SPIN_CPUID_GPA, SPIN_FAULT_GPA };
 
 struct cpu_times { unsigned long long v[8]; };  /* user nice system idle iowait irq softirq steal */
 
@@ -114,12 +156,15 @@ struct spinner {
 	volatile unsigned long long exits;
 	volatile int error;
 	unsigned long long cpu_ns;      /* this vCPU thread's CPU time */
+	long long kvm_exits;            /* KVM's own exit counter for this vCPU (-1: unknown) */
 };
 
 static int kvm_fd, vm_fd;
 static size_t run_size;
 static volatile int stop_spinners;
 static volatile long progress_updates;
+static uint8_t *scratch;
+static volatile unsigned long long discards;
 
 static void die(const char *fmt, ...)
 {
@@ -278,6 +323,119 @@ static int cmp_u64(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
+/* KVM's binary statistics (KVM_GET_STATS_FD, Linux 5.14+): the value of the
+ * named per-vCPU counter, or -1 if the kernel does not offer it. */
+static long long vcpu_stat(int vcpu_fd, const char *name)
+{
+	struct kvm_stats_header hdr;
+	long long value = -1;
+	int fd = ioctl(vcpu_fd, KVM_GET_STATS_FD, NULL);
+
+	if (fd < 0)
+		return -1;
+	if (pread(fd, &hdr, sizeof(hdr), 0) != sizeof(hdr)) {
+		close(fd);
+		return -1;
+	}
+	size_t dsize = sizeof(struct kvm_stats_desc) + hdr.name_size;
+	char *descs = calloc(hdr.num_desc, dsize);
+
+	if (descs && pread(fd, descs, dsize * hdr.num_desc, hdr.desc_offset) == (ssize_t)(dsize * hdr.num_desc)) {
+		for (unsigned int i = 0; i < hdr.num_desc; i++) {
+			struct kvm_stats_desc *d = (struct kvm_stats_desc *)(descs + i * dsize);
+			uint64_t v;
+
+			if (strncmp(d->name, name, hdr.name_size))
+				continue;
+			if (pread(fd, &v, sizeof(v), hdr.data_offset + d->offset) == sizeof(v))
+				value = (long long)v;
+			break;
+		}
+	}
+	free(descs);
+	close(fd);
+	return value;
+}
+
+/* CPU time (clock ticks) of the test host's kworker threads, where SRCU's
+ * grace-period work (process_srcu) and callback invocation run.  utime and
+ * stime in /proc/PID/stat add up to the scheduler's exact runtime. */
+static unsigned long long kworker_ticks(int *count)
+{
+	unsigned long long total = 0;
+	struct dirent *de;
+	DIR *dir = opendir("/proc");
+
+	*count = 0;
+	if (!dir)
+		return 0;
+	while ((de = readdir(dir))) {
+		char path[300], buf[512];
+		unsigned long long ut = 0, st = 0;
+		FILE *f;
+
+		if (de->d_name[0] < '0' || de->d_name[0] > '9')
+			continue;
+		snprintf(path, sizeof(path), "/proc/%s/stat", de->d_name);
+		f = fopen(path, "r");
+		if (!f)
+			continue;
+		if (fgets(buf, sizeof(buf), f)) {
+			char *open_paren = strchr(buf, '('), *close_paren = strrchr(buf, ')');
+
+			if (open_paren && close_paren && !strncmp(open_paren + 1, "kworker", 7) &&
+			    sscanf(close_paren + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+				   &ut, &st) == 2) {
+				total += ut + st;
+				(*count)++;
+			}
+		}
+		fclose(f);
+	}
+	closedir(dir);
+	return total;
+}
+
+/* The fault reader's partner: keep discarding the scratch pages, so that the
+ * reader's next touch of each one is a fresh page fault in KVM. */
+static void *discard_main(void *arg)
+{
+	(void)arg;
+	while (!stop_spinners) {
+		madvise(scratch, SCRATCH_SIZE, MADV_DONTNEED);
+		discards++;
+		usleep(DISCARD_US);
+	}
+	return NULL;
+}
+
+struct lat_stats { unsigned long long n, sum, p50, p90, p99, max, min, over_jiffy; };
+
+static void lat_summary(unsigned long long *v, long n, unsigned long long jiffy_ns, struct lat_stats *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->n = n;
+	for (long i = 0; i < n; i++) {
+		st->sum += v[i];
+		st->over_jiffy += v[i] >= jiffy_ns;
+	}
+	if (!n)
+		return;
+	qsort(v, n, sizeof(*v), cmp_u64);
+	st->p50 = v[(long)(0.50 * (n - 1))];
+	st->p90 = v[(long)(0.90 * (n - 1))];
+	st->p99 = v[(long)(0.99 * (n - 1))];
+	st->max = v[n - 1];
+	st->min = v[0];
+}
+
+static void print_lat(const char *name, const struct lat_stats *st)
+{
+	printf("  \"%s\": {\"n\": %llu, \"sum\": %llu, \"p50\": %llu, \"p90\": %llu, \"p99\": %llu, "
+	       "\"max\": %llu, \"min\": %llu, \"over_jiffy\": %llu},\n", name, st->n, st->sum, st->p50,
+	       st->p90, st->p99, st->max, st->min, st->over_jiffy);
+}
+
 static void print_cpu_times(const char *name, struct cpu_times *a, struct cpu_times *b, int n)
 {
 	static const char *field[] = { "user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal" };
@@ -299,7 +457,7 @@ static void usage(void)
 {
 	fprintf(stderr,
 		"usage: flashvmm [--cycles N] [--static-slots N] [--spinners N]\n"
-		"                [--spin-mode io|loop|cpuid] [--flash-cpu C] [--spinner-cpu C]\n"
+		"                [--spin-mode io|loop|cpuid|fault] [--flash-cpu C] [--spinner-cpu C]\n"
 		"                [--timeout SECONDS]\n");
 	exit(1);
 }
@@ -326,7 +484,7 @@ static void parse_args(int argc, char **argv, struct options *o)
 			o->spinners = atoi(v);
 		else if (!strcmp(a, "--spin-mode")) {
 			o->spin_mode = -1;
-			for (int m = 0; m < 3; m++)
+			for (int m = 0; m < SPIN_MODES; m++)
 				if (!strcmp(v, spin_names[m]))
 					o->spin_mode = m;
 			if (o->spin_mode < 0)
@@ -363,7 +521,15 @@ int main(int argc, char **argv)
 	unsigned long long flash_thread_ns;
 	int ncpu_lines, flash_fd, guest_status = 0, flash_cpu_seen;
 	uint8_t *ram, *flash, *static_page;
-	unsigned long long *lat;
+	unsigned long long *lat, *lat_kind[2];
+	long n_kind[2] = { 0, 0 };
+	unsigned long long hist[2][HIST_BINS];
+	unsigned long long kw_ticks0, kw_ticks1;
+	int kw_threads;
+	pthread_t discarder;
+	struct timespec tick;
+	unsigned long long jiffy_ns;
+	long long flash_kvm_exits;
 
 	parse_args(argc, argv, &o);
 	signal(SIGUSR1, kick);
@@ -374,6 +540,11 @@ int main(int argc, char **argv)
 	pthread_create(&watchdog, NULL, watchdog_main, &o.timeout_s);
 	pin_to(o.flash_cpu);
 	ncpu_lines = read_proc_stat(stat0, MAX_CPUS + 1);
+	kw_ticks0 = kworker_ticks(&kw_threads);
+	/* The coarse clock ticks once a jiffy: its resolution is 1/HZ. */
+	clock_getres(CLOCK_MONOTONIC_COARSE, &tick);
+	jiffy_ns = (unsigned long long)tick.tv_sec * 1000000000ULL + tick.tv_nsec;
+	memset(hist, 0, sizeof(hist));
 
 	kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
 	if (kvm_fd < 0)
@@ -397,16 +568,23 @@ int main(int argc, char **argv)
 	ram = mmap(NULL, RAM_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	flash = mmap(NULL, FLASH_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	static_page = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	scratch = mmap(NULL, SCRATCH_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	lat = calloc(2 * o.cycles, sizeof(*lat));
-	if (ram == MAP_FAILED || flash == MAP_FAILED || static_page == MAP_FAILED || !lat)
+	lat_kind[0] = calloc(o.cycles, sizeof(*lat));
+	lat_kind[1] = calloc(o.cycles, sizeof(*lat));
+	if (ram == MAP_FAILED || flash == MAP_FAILED || static_page == MAP_FAILED || scratch == MAP_FAILED ||
+	    !lat || !lat_kind[0] || !lat_kind[1])
 		die("allocating guest memory");
 	memcpy(ram + FLASH_CODE_GPA, flash_code, sizeof(flash_code));
 	memcpy(ram + SPIN_IO_GPA, spin_io_code, sizeof(spin_io_code));
 	memcpy(ram + SPIN_LOOP_GPA, spin_loop_code, sizeof(spin_loop_code));
 	memcpy(ram + SPIN_CPUID_GPA, spin_cpuid_code, sizeof(spin_cpuid_code));
+	memcpy(ram + SPIN_FAULT_GPA, spin_fault_code, sizeof(spin_fault_code));
 	memset(flash, FLASH_BYTE, FLASH_SIZE);
 	set_slot(SLOT_RAM, 0, RAM_SIZE, ram, 0);
 	set_slot(SLOT_FLASH, FLASH_GPA, FLASH_SIZE, flash, KVM_MEM_READONLY);
+	if (o.spin_mode == SPIN_FAULT && o.spinners)
+		set_slot(SLOT_SCRATCH, SCRATCH_GPA, SCRATCH_SIZE, scratch, 0);
 	/* All static slots share one host page: KVM allows aliased HVAs. */
 	for (long i = 0; i < o.static_slots; i++)
 		set_slot(SLOT_STATIC0 + i, STATIC_GPA + i * 4096, 4096, static_page, 0);
@@ -423,6 +601,8 @@ int main(int argc, char **argv)
 	t_setup_done = now_ns();
 	for (int i = 0; i < o.spinners; i++)
 		pthread_create(&spinners[i].thread, NULL, spinner_main, &spinners[i]);
+	if (o.spin_mode == SPIN_FAULT && o.spinners)
+		pthread_create(&discarder, NULL, discard_main, NULL);
 
 	for (int p = 0; p < TIMELINE_POINTS; p++)
 		timeline[p] = 0;
@@ -460,6 +640,16 @@ int main(int argc, char **argv)
 				mmio_reads++;
 			}
 			t1 = now_ns();
+			{
+				int kind = is_write ? 0 : 1;   /* 0: delete, 1: create */
+				unsigned long long us = (t1 - t0) / 1000;
+				unsigned int b = 0;
+
+				while (b < HIST_BINS - 1 && us >= hist_edges_us[b])
+					b++;
+				hist[kind][b]++;
+				lat_kind[kind][n_kind[kind]++] = t1 - t0;
+			}
 			lat[updates++] = t1 - t0;
 			progress_updates = updates;
 			if (updates % ((2 * o.cycles + TIMELINE_POINTS - 1) / TIMELINE_POINTS) == 0 ||
@@ -502,8 +692,13 @@ int main(int argc, char **argv)
 		spinners[i].run->immediate_exit = 1;
 		pthread_kill(spinners[i].thread, SIGUSR1);
 		pthread_join(spinners[i].thread, NULL);
+		spinners[i].kvm_exits = vcpu_stat(spinners[i].fd, "exits");
 	}
+	if (o.spin_mode == SPIN_FAULT && o.spinners)
+		pthread_join(discarder, NULL);
+	flash_kvm_exits = vcpu_stat(flash_fd, "exits");
 	read_proc_stat(stat1, MAX_CPUS + 1);
+	kw_ticks1 = kworker_ticks(&kw_threads);
 	getrusage(RUSAGE_SELF, &ru);
 
 	unsigned long long sum = 0, slept = 0;
@@ -515,7 +710,7 @@ int main(int argc, char **argv)
 #define PCT(q) (updates ? lat[(long)((q) * (updates - 1))] : 0)
 
 	printf("{\n  \"status\": \"%s\",\n", guest_status == 1 ? "ok" : "guest-failed");
-	printf("  \"tool\": \"flashvmm\", \"version\": 1,\n  \"failure\": \"%s\",\n", failure);
+	printf("  \"tool\": \"flashvmm\", \"version\": 2,\n  \"failure\": \"%s\",\n", failure);
 	printf("  \"params\": {\"cycles\": %ld, \"static_slots\": %ld, \"spinners\": %d, "
 	       "\"spin_mode\": \"%s\", \"flash_cpu\": %d, \"spinner_cpu\": %d},\n",
 	       o.cycles, o.static_slots, o.spinners, spin_names[o.spin_mode],
@@ -528,14 +723,35 @@ int main(int argc, char **argv)
 	       "\"max\": %llu, \"min\": %llu, \"over_2ms\": %llu},\n",
 	       sum, PCT(0.50), PCT(0.90), PCT(0.99), updates ? lat[updates - 1] : 0,
 	       updates ? lat[0] : 0, slept);
+	{
+		struct lat_stats st;
+
+		printf("  \"jiffy_ns\": %llu,\n  \"gp_per_delete\": 2,\n  \"gp_per_create\": 1,\n", jiffy_ns);
+		lat_summary(lat_kind[0], n_kind[0], jiffy_ns, &st);
+		print_lat("update_delete_ns", &st);
+		lat_summary(lat_kind[1], n_kind[1], jiffy_ns, &st);
+		print_lat("update_create_ns", &st);
+		printf("  \"hist_edges_us\": [");
+		for (unsigned int b = 0; b < HIST_BINS - 1; b++)
+			printf("%s%u", b ? ", " : "", hist_edges_us[b]);
+		for (int k = 0; k < 2; k++) {
+			printf("],\n  \"hist_%s\": [", k ? "create" : "delete");
+			for (unsigned int b = 0; b < HIST_BINS; b++)
+				printf("%s%llu", b ? ", " : "", hist[k][b]);
+		}
+		printf("],\n  \"kworker_cpu_ticks\": %llu,\n  \"kworker_threads\": %d,\n",
+		       kw_ticks1 - kw_ticks0, kw_threads);
+		printf("  \"flash_kvm_exits\": %lld,\n  \"discards\": %llu,\n", flash_kvm_exits, discards);
+	}
 	printf("  \"timeline_ns\": [");
 	for (int p = 0; p < TIMELINE_POINTS; p++)
 		printf("%s%llu", p ? ", " : "", timeline[p]);
 	printf("],\n");
 	printf("  \"spinners_detail\": [");
 	for (int i = 0; i < o.spinners; i++)
-		printf("%s{\"exits\": %llu, \"cpu\": %d, \"error\": %d, \"cpu_ns\": %llu}", i ? ", " : "",
-		       spinners[i].exits, spinners[i].cpu_seen, spinners[i].error, spinners[i].cpu_ns);
+		printf("%s{\"exits\": %llu, \"kvm_exits\": %lld, \"cpu\": %d, \"error\": %d, \"cpu_ns\": %llu}",
+		       i ? ", " : "", spinners[i].exits, spinners[i].kvm_exits, spinners[i].cpu_seen,
+		       spinners[i].error, spinners[i].cpu_ns);
 	printf("],\n  \"flash_cpu_seen\": %d,\n  \"flash_thread_cpu_ns\": %llu,\n", flash_cpu_seen,
 	       flash_thread_ns);
 	printf("  \"clk_tck\": %ld,\n", sysconf(_SC_CLK_TCK));
