@@ -133,3 +133,57 @@ def test_a_default_that_does_not_exist_names_the_key_even_when_absent_from_the_f
     p.write_text("trees:\n  t: {git: /x}\nbaseline: a\ncandidates:\n  - {name: a, tree: t}\n")
     with pytest.raises(ConfigError, match=r"^test_host.qemu_template: vm-templates/qemu/x86_64.cmd.j2 does not exist"):
         load_config(p)
+
+
+WITH_WORKLOADS = GOOD + """\
+  spin_mode: loop
+  placement: apart
+"""
+
+
+def test_candidate_workload_overrides_the_config_workload(tmp_path: Path) -> None:
+    text = WITH_WORKLOADS.replace("""  - name: other
+    tree: t
+""", """  - name: other
+    tree: t
+    role: control
+    compare_to: base
+    workload:
+      spinners: 0
+      placement: shared
+""")
+    cfg = load_config(write(tmp_path, text))
+    other, base = cfg.candidate("other"), cfg.candidate("base")
+    assert cfg.workload_of(base) == cfg.workload
+    w = cfg.workload_of(other)
+    # Unset keys come from the config's workload, set ones replace them.
+    assert (w.cycles, w.spin_mode, w.spinners, w.placement) == (10, "loop", 0, "shared")
+    assert (other.role, other.compare_to) == ("control", "base")
+
+
+def test_older_pin_setting_reads_as_placement(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, GOOD + "  pin: false\n"))
+    assert cfg.workload.placement == "free"
+
+
+@pytest.mark.parametrize("extra, key, words", [
+    ("  placement: everywhere\n", "workload.placement", "apart, shared, free"),
+    ("  spin_mode: wander\n", "workload.spin_mode", "io, loop, cpuid, fault"),
+    ("  pin: true\n  placement: apart\n", "workload.pin", "either placement or the older pin"),
+])
+def test_bad_workload_settings_name_key_and_choices(tmp_path: Path, extra: str, key: str, words: str) -> None:
+    err = error_of(tmp_path, GOOD + extra)
+    assert err.path == key and words in str(err) and err.line is not None
+
+
+def test_compare_to_must_name_a_candidate(tmp_path: Path) -> None:
+    text = GOOD.replace("  - name: other\n    tree: t\n", "  - name: other\n    tree: t\n    compare_to: nobody\n")
+    err = error_of(tmp_path, text)
+    assert err.path == "candidates[1].compare_to" and "names no candidate" in str(err)
+    assert err.line == 11
+
+
+def test_candidate_workload_unknown_key(tmp_path: Path) -> None:
+    text = GOOD.replace("  - name: other\n    tree: t\n", "  - name: other\n    tree: t\n    workload:\n      readers: 2\n")
+    err = error_of(tmp_path, text)
+    assert err.path == "candidates[1].workload.readers" and "valid keys" in str(err)

@@ -47,3 +47,27 @@ def test_too_few_runs() -> None:
 
 def test_minimum_runs_for_alpha() -> None:
     assert min_runs_for_significance(0.05) == 4  # 2/C(8,4) = 0.029 < 0.05; 2/C(6,3) = 0.1
+
+
+def test_few_long_runs_still_reach_a_strict_verdict() -> None:
+    # 4 runs a side cannot reach alpha 0.01 with Mann-Whitney (smallest p 0.029): Welch's t on logs is used.
+    base = [10.2, 9.3, 10.9, 10.0]
+    cand = [220.5, 220.6, 220.7, 220.6]
+    c = compare(cand, base, "boot_s", alpha=0.01)
+    assert c.test == "welch-log" and c.p_value < 1e-4 and c.verdict == "slower"
+    assert 2000 < c.change_pct < 2200
+
+
+def test_few_runs_with_overlapping_values_are_no_change() -> None:
+    c = compare([10.1, 10.5, 9.9, 10.3], [9.3, 10.2, 10.9, 10.0], "boot_s", alpha=0.01)
+    assert c.test == "welch-log" and c.p_value > 0.1 and c.verdict == NO_CHANGE
+
+
+def test_enough_runs_use_mann_whitney() -> None:
+    c = compare([2.0, 2.2, 1.9, 2.1, 2.05], [1.0, 1.1, 0.9, 1.05, 0.95], "boot_s", alpha=0.01)
+    assert c.test == "mann-whitney" and math.isclose(c.p_value, 2 / 252, rel_tol=1e-9)
+
+
+def test_zero_values_fall_back_to_welch_on_raw_values() -> None:
+    c = compare([0.0, 0.1, 0.05], [3.0, 3.2, 2.9], "host_cpu_s", alpha=0.01)
+    assert c.test == "welch" and c.verdict == "less CPU"

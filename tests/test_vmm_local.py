@@ -39,7 +39,8 @@ def run_vmm(vmm: Path, *args: str) -> tuple[int, dict]:
 
 
 @pytest.mark.parametrize("cycles,static_slots,spinners,mode", [
-    (1, 0, 0, "loop"), (250, 0, 0, "loop"), (500, 64, 1, "loop"), (300, 0, 1, "cpuid"), (300, 0, 2, "io")])
+    (1, 0, 0, "loop"), (250, 0, 0, "loop"), (500, 64, 1, "loop"), (300, 0, 1, "cpuid"), (300, 0, 2, "io"),
+    (300, 0, 1, "fault")])
 def test_exact_counts(vmm: Path, cycles: int, static_slots: int, spinners: int, mode: str) -> None:
     code, data = run_vmm(vmm, "--cycles", str(cycles), "--static-slots", str(static_slots),
                          "--spinners", str(spinners), "--spin-mode", mode, "--timeout", "60")
@@ -57,6 +58,20 @@ def test_exact_counts(vmm: Path, cycles: int, static_slots: int, spinners: int, 
     assert data["boot_ns"] >= data["setup_ns"] + data["update_ns"]["sum"] - 1
     m = derive_metrics(data)
     assert m["updates"] == 2 * cycles and m["boot_s"] > 0
+    # Per-kind accounting: one delete and one create per cycle, histograms that count every update.
+    assert data["update_delete_ns"]["n"] == cycles and data["update_create_ns"]["n"] == cycles
+    assert sum(data["hist_delete"]) == cycles and sum(data["hist_create"]) == cycles
+    assert len(data["hist_delete"]) == len(data["hist_edges_us"]) + 1
+    assert data["update_delete_ns"]["sum"] + data["update_create_ns"]["sum"] == data["update_ns"]["sum"]
+    assert m["grace_periods"] == 3 * cycles
+    assert m["gp_ms"] == (data["update_ns"]["sum"] / 1e6) / (3 * cycles)
+    assert 1 <= m["jiffy_ms"] <= 10  # HZ 100 to 1000
+    assert data["kworker_threads"] > 0
+    if spinners:
+        # KVM's own exit counter for each reader vCPU, from its binary stats fd.
+        assert all(s["kvm_exits"] > 0 for s in data["spinners_detail"])
+    if mode == "fault":
+        assert data["discards"] > 0
 
 
 def test_too_many_static_slots_is_a_clear_error(vmm: Path) -> None:
