@@ -1,7 +1,7 @@
-"""Command line: a thin layer over the library. `main(argv) -> int`.
+"""kpipe: does this kernel patch fix the slowdown, and what does it cost?
 
-Exit codes: 0 no regression against the baseline, 1 the pipeline failed,
-2 it worked and found a regression.
+The command line is a thin layer over the library (`main(argv) -> int`);
+exit codes are defined once, in pipeline.exitcodes.
 """
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ import logging
 import shutil
 import sys
 from pathlib import Path
+from typing import NoReturn
 
+from . import exitcodes
 from .analysis import analyze
 from .config import Config, load_config
 from .errors import ConfigError, InfraError, PipelineError, UserError
 from .progress import Progress
 from .report import load_run, render_json, render_text, write_report
 from .runner import Interrupted, run_pipeline
-
-EXIT_OK, EXIT_FAILED, EXIT_REGRESSION = 0, 1, 2
 
 TOOLS = {  # command -> Debian package
     "qemu-system-x86_64": "qemu-system-x86", "gcc": "build-essential", "make": "make", "git": "git",
@@ -31,8 +31,19 @@ TOOLS = {  # command -> Debian package
 HEADERS = {"/usr/include/libelf.h": "libelf-dev", "/usr/include/openssl/ssl.h": "libssl-dev"}
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits with kpipe's usage code (64), never 2, which scripts must not confuse."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(exitcodes.USAGE, f"{self.prog}: error: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
+    p = _Parser(prog="python -m pipeline", description=__doc__.splitlines()[0],
+                epilog="exit codes: 0 no regression, all measured; 3 regression found; 4 a candidate could not "
+                       "be evaluated; 64 usage or configuration error; 70 pipeline or infrastructure failure",
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", default="pipeline.yaml", help="pipeline.yaml to use")
     common.add_argument("--hosts", metavar="FILE", help="YAML file whose 'hosts:' list replaces the config's pool "
@@ -40,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="count", default=0)
     common.add_argument("--only", action="append", metavar="CANDIDATE",
                         help="run only this candidate (and the baseline); repeatable")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run_p = sub.add_parser("run", parents=[common], help="run every candidate and render the report")
     run_p.add_argument("--resume", metavar="RUN", help="continue an interrupted run (id or folder)")
     run_p.add_argument("--no-wait", action="store_true", help="fail instead of waiting for a busy cache")
@@ -119,8 +130,7 @@ def triage_command(cfg: Config, source: str) -> int:
     print(f"\nreport: {out / 'index.html'}\nreply:  {reply} (not sent)")
     print(f"send it with: git send-email --confirm=always {reply}\n"
           f"          or: /usr/sbin/sendmail -t < {reply}")
-    ok = results["candidates"][cand]["status"] == "ok" and cand not in a["regressions"]
-    return EXIT_OK if ok else EXIT_REGRESSION
+    return exitcodes.for_analysis(a)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             for line in problems:
                 print(line)
             print("all tools present" if not problems else f"{len(problems)} problem(s)")
-            return EXIT_FAILED if problems else EXIT_OK
+            return exitcodes.FAILURE if problems else exitcodes.OK
         cfg = load_config(args.config, args.hosts)
         if args.command == "validate":
             from .patch import check_changes
@@ -141,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             for c in selected_candidates(cfg, args.only):
                 check_changes(c)
             print(f"{args.config}: OK ({len(cfg.candidates)} candidates, baseline {cfg.baseline})")
-            return EXIT_OK
+            return exitcodes.OK
         if args.command == "serve":
             handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(cfg.report.dir))
             with http.server.ThreadingHTTPServer(("127.0.0.1", args.port), handler) as httpd:
@@ -150,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                     httpd.serve_forever()
                 except KeyboardInterrupt:
                     pass
-            return EXIT_OK
+            return exitcodes.OK
         if args.command == "report":
             run_dir = _run_dir(cfg.runs_dir, args.run)
             results, metadata = load_run(run_dir)
@@ -161,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 out = write_report(run_dir, cfg.report.dir)
                 print(out / "index.html")
-            return EXIT_REGRESSION if analyze(results)["regressions"] else EXIT_OK
+            return exitcodes.for_analysis(analyze(results))
         if args.command == "triage":
             return triage_command(cfg, args.source)
         if args.command == "run":
@@ -174,17 +184,14 @@ def main(argv: list[str] | None = None) -> int:
             results, metadata = load_run(folder.path)
             print(render_text(results, metadata))
             print(f"report: {out / 'index.html'}")
-            a = analyze(results)
-            if a["regressions"]:
-                return EXIT_REGRESSION
-            return EXIT_OK
-    except ConfigError as exc:
+            return exitcodes.for_analysis(analyze(results))
+    except (ConfigError, UserError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except (UserError, InfraError, PipelineError) as exc:
+        return exitcodes.USAGE
+    except (InfraError, PipelineError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return exitcodes.FAILURE
     except (KeyboardInterrupt, Interrupted):
         print("interrupted; QEMU processes stopped, results so far are in the run folder", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_FAILED
+        return exitcodes.FAILURE
+    return exitcodes.FAILURE

@@ -1,6 +1,7 @@
 """The runner only orders the stages: fetch -> patch -> build -> boot -> run -> report."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -120,6 +121,40 @@ class Runner:
         self.distcc: tuple[str, ...] = ()
 
     # -- fetch, patch, build -------------------------------------------------
+    def prepare_all(self, cands: list[Candidate]) -> list[Prepared]:
+        """Fetch, patch and build each candidate; one that differs from an earlier one only in its
+        command line or workload shares that one's tree and kernel (no checkout, no build)."""
+        preps: list[Prepared] = []
+        done: dict[tuple, Prepared] = {}
+        for c in cands:
+            status = self.folder.candidate(c.name)["status"]
+            if status not in ("pending", "ok"):
+                preps.append(Prepared(c, alive=False))  # failed before an interruption: keep it
+                continue
+            key = (c.tree, tuple((ch.kind, ch.value) for ch in c.source_changes), c.config_fragments)
+            twin = done.get(key)
+            if twin and twin.patched and twin.artifacts:
+                preps.append(self._share(c, twin))
+                continue
+            prep = self.prepare(c)
+            preps.append(prep)
+            if prep.alive:
+                done[key] = prep
+        return preps
+
+    def _share(self, cand: Candidate, twin: Prepared) -> Prepared:
+        assert twin.patched and twin.artifacts
+        patched = dataclasses.replace(twin.patched, cmdline=cand.cmdline)
+        prep = Prepared(cand, patched=patched, artifacts=twin.artifacts)
+        name, other = cand.name, twin.candidate.name
+        stages = self.folder.candidate(other)["stages"]
+        for stage in ("fetch", "patch", "build"):
+            if stage in stages:
+                self.folder.record_stage(name, stage, {**stages[stage], "shared_with": other,
+                                                       **({"cmdline": list(cand.cmdline)} if stage == "patch" else {})})
+        self.progress.say("build", name, f"same tree, patches and config as {other}: its kernel, no build")
+        return prep
+
     def prepare(self, cand: Candidate) -> Prepared:
         prep = Prepared(cand)
         name = cand.name
@@ -418,13 +453,7 @@ def run_pipeline(cfg: Config, only: list[str] | None = None, progress: Progress 
             accel = usable[0].accel
             progress.workers = len(usable)
             progress.say("boot", "-", f"accelerator: {accel[2]}")
-            preps = []
-            for c in cands:
-                status = folder.candidate(c.name)["status"]
-                if status not in ("pending", "ok"):
-                    preps.append(Prepared(c, alive=False))  # failed before the interruption: keep it
-                    continue
-                preps.append(runner.prepare(c))
+            preps = runner.prepare_all(cands)
             runner.record_config_differences(preps)
             folder.write_metadata(collect_metadata(cfg, accel, runner.trees))
             if any(p.alive for p in preps):

@@ -57,10 +57,10 @@ def test_missing_qemu_is_refused_early_with_the_install_command(tmp_path: Path,
     old = os.environ["PATH"]
     os.environ["PATH"] = str(bindir)
     try:
-        assert main(["doctor", "-c", str(cfg)]) == 1
+        assert main(["doctor", "-c", str(cfg)]) == 70
         out = capsys.readouterr().out
         assert "qemu-system-x86_64: missing; apt-get install qemu-system-x86" in out
-        assert main(["run", "-c", str(cfg)]) == 1
+        assert main(["run", "-c", str(cfg)]) == 70
         err = capsys.readouterr().err
         assert "apt-get install qemu-system-x86" in err
     finally:

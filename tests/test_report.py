@@ -89,9 +89,9 @@ def test_report_command_formats_and_exit_code(real, tmp_path: Path, capsys: pyte
     cfg = Path(__file__).resolve().parent.parent / "pipeline.yaml"
     if not Path("/usr/src/linux-source-6.1.tar.xz").exists():
         pytest.skip("the default config needs linux-source-6.1")
-    assert main(["report", str(run_dir), "-c", str(cfg), "--format", "text"]) == 2  # regression found
+    assert main(["report", str(run_dir), "-c", str(cfg), "--format", "text"]) == 3  # regression found
     assert "Full report:" in capsys.readouterr().out
-    assert main(["report", str(run_dir), "-c", str(cfg), "--format", "json"]) == 2
+    assert main(["report", str(run_dir), "-c", str(cfg), "--format", "json"]) == 3
     assert json.loads(capsys.readouterr().out)["analysis"]["regressions"]
 
 
