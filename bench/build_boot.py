@@ -20,12 +20,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline.boot import boot_test_host, choose_accelerator  # noqa: E402
+from pipeline.boot import boot_test_host  # noqa: E402
 from pipeline.build import build_kernel  # noqa: E402
 from pipeline.config import Candidate, Change, KernelConfig, TestHost, Tree  # noqa: E402
 from pipeline.executor import LocalExecutor  # noqa: E402
 from pipeline.fetch import checkout_worktree, fetch_tree  # noqa: E402
 from pipeline.initramfs import build_initramfs  # noqa: E402
+from pipeline.machines import choose_accelerator  # noqa: E402
 from pipeline.patch import apply_changes  # noqa: E402
 
 TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
@@ -74,7 +75,7 @@ def main() -> None:
     initramfs = build_initramfs(REPO / "vm-templates/initramfs/recipe.yaml", cache)
     host = TestHost(REPO / "vm-templates/qemu/x86_64.cmd.j2", REPO / "vm-templates/initramfs/recipe.yaml")
     accel = choose_accelerator("auto")
-    print(f"accelerator: {accel[2]}")
+    print(f"accelerator: {accel.reason}")
     times = []
     for i in range(args.boots):
         t0 = time.monotonic()

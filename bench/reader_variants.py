@@ -26,13 +26,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline.boot import boot_test_host, choose_accelerator  # noqa: E402
+from pipeline.boot import boot_test_host  # noqa: E402
 from pipeline.config import Workload, load_config  # noqa: E402
 from pipeline.executor import LocalExecutor  # noqa: E402
 from pipeline.initramfs import build_initramfs  # noqa: E402
+from pipeline.machines import choose_accelerator  # noqa: E402
+from pipeline.prepare import Preparer  # noqa: E402
 from pipeline.progress import Progress  # noqa: E402
 from pipeline.results import RunFolder  # noqa: E402
-from pipeline.runner import Runner  # noqa: E402
 from pipeline.workload import WorkloadFailed, build_vmm, install_vmm, run_workload  # noqa: E402
 
 SHOWN = ("boot_s", "gp_ms", "updates_over_jiffy", "host_cpu_s", "kworker_cpu_s", "reader_exits_per_s")
@@ -61,13 +62,12 @@ def main() -> None:
     if args.cpus:
         cfg = dataclasses.replace(cfg, test_host=dataclasses.replace(cfg.test_host, cpus=args.cpus))
     folder = RunFolder.create(Path(tempfile.mkdtemp(prefix="kpipe-variants-")))
-    runner = Runner(cfg, folder, Progress())
-    preps = [runner.prepare(cfg.candidate(n)) for n in args.candidates.split(",")]
+    preps = Preparer(cfg, folder, Progress()).prepare_all([cfg.candidate(n) for n in args.candidates.split(",")])
     initramfs = build_initramfs(cfg.test_host.initramfs_recipe, cfg.cache_dir)
     vmm = build_vmm(cfg.cache_dir)
     accel = choose_accelerator(cfg.test_host.accelerator)
     variants = args.variants.split(",")
-    print(f"accelerator: {accel[2]}; test host: {cfg.test_host.cpus} vCPUs; logs in {folder.path}", flush=True)
+    print(f"accelerator: {accel.reason}; test host: {cfg.test_host.cpus} vCPUs; logs in {folder.path}", flush=True)
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
     for rep in range(args.reps):
         for prep in preps:
@@ -81,7 +81,7 @@ def main() -> None:
                 for v in variants:
                     w = variant_workload(cfg.workload_of(prep.candidate), v, args.cycles)
                     try:
-                        m = run_workload(host, w, cfg.test_host.cpus)["metrics"]
+                        m = run_workload(host, w, cfg.test_host.cpus).metrics
                     except WorkloadFailed as exc:
                         print(f"{name} {v} rep {rep}: failed: {str(exc).splitlines()[0]}", flush=True)
                         continue

@@ -9,9 +9,8 @@ from __future__ import annotations
 import logging
 import re
 import shlex
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from .config import TestHost
 from .errors import InfraError, PipelineError
 from .executor import Executor, Process
 from .initramfs import Initramfs
+from .machines import Accelerator
 
 log = logging.getLogger(__name__)
 
@@ -40,53 +40,6 @@ class BootFailed(PipelineError):
         self.status = status
         self.excerpt = excerpt
         super().__init__(f"{message}\n{excerpt}")
-
-
-def local_kvm_facts() -> dict[str, str]:
-    """This machine's /dev/kvm facts, from the same probe every pool host runs."""
-    from .remote import local_probe
-
-    return local_probe(tempfile.gettempdir())
-
-
-def kvm_verdict(facts: dict[str, str]) -> tuple[bool, str]:
-    if not facts.get("kvm_exists"):
-        return False, "/dev/kvm does not exist"
-    if not facts.get("kvm_rw"):
-        return False, "/dev/kvm is not readable and writable by this user"
-    if facts.get("kvm_pvm"):
-        return False, ("/dev/kvm is a PVM hypervisor (kvm_pvm), which cannot boot a stock kernel under "
-                       "qemu -enable-kvm")
-    return True, "/dev/kvm is usable"
-
-
-def accel_tcg() -> tuple[str, str]:
-    # -cpu max exposes svm+npt, so the test host can run KVM guests (nested, emulated).
-    return "-accel tcg,thread=multi -cpu max", "TCG with -cpu max (nested SVM for the workload's KVM guests)"
-
-
-def accel_kvm() -> tuple[str, str]:
-    return "-accel kvm -cpu host", "KVM with -cpu host"
-
-
-ACCELERATORS: dict[str, Callable[[], tuple[str, str]]] = {"tcg": accel_tcg, "kvm": accel_kvm}
-
-
-def choose_accelerator(wanted: str, facts: dict[str, str] | None = None) -> tuple[str, str, str]:
-    """Return (name, qemu args, reason). 'auto' picks KVM only where it can boot the test host.
-
-    `facts` are a host's /dev/kvm facts (remote.PROBE); None means this machine.
-    """
-    if wanted == "auto":
-        ok, why = kvm_verdict(local_kvm_facts() if facts is None else facts)
-        name = "kvm" if ok else "tcg"
-        args, what = ACCELERATORS[name]()
-        reason = f"{what}: {why}" if ok else f"{what}, because {why}"
-        return name, args, reason
-    if wanted not in ACCELERATORS:
-        raise ValueError(f"unknown accelerator {wanted!r}; valid: auto, {', '.join(ACCELERATORS)}")
-    args, what = ACCELERATORS[wanted]()
-    return wanted, args, f"{what} (as configured)"
 
 
 def render_qemu_command(template: Path, **values: object) -> list[str]:
@@ -142,7 +95,7 @@ def _console_excerpt(text: str, match: re.Match | None = None, lines: int = 40) 
 @contextmanager
 def boot_test_host(executor: Executor, artifacts: BuildArtifacts, initramfs: Initramfs, host: TestHost,
                    extra_cmdline: tuple[str, ...], run_dir: Path, name: str,
-                   accelerator: tuple[str, str, str]) -> Iterator[BootedHost]:
+                   accelerator: Accelerator) -> Iterator[BootedHost]:
     """Boot, wait for SSH, yield the host; QEMU is terminated on every way out.
 
     The executor decides where QEMU runs; logs end up in `run_dir` either way.
@@ -155,7 +108,7 @@ def boot_test_host(executor: Executor, artifacts: BuildArtifacts, initramfs: Ini
         p.unlink(missing_ok=True)
     console_at = executor.log_path(console_log)
     port = executor.free_port()
-    accel_name, accel_args, _ = accelerator
+    accel_name, accel_args = accelerator.name, accelerator.args
     cmdline = " ".join([host.cmdline, "panic=-1", "oops=panic", *extra_cmdline])
     argv = render_qemu_command(host.qemu_template, qemu=qemu, accel_args=accel_args, cpus=host.cpus,
                                memory_mb=host.memory_mb, kernel=executor.path_for(artifacts.bzimage),

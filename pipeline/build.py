@@ -56,6 +56,14 @@ class BuildArtifacts:
                 "warnings": self.warnings, "cached": self.cached, "log": str(self.log)}
 
 
+def config_differences(base_config: Path, config: Path) -> list[str]:
+    """Options whose value differs between two final .config files, as 'CONFIG_X: old -> new'."""
+    base = parse_config(base_config.read_text())
+    other = parse_config(config.read_text())
+    return [f"{k}: {base.get(k, 'n')} -> {other.get(k, 'n')}"
+            for k in sorted(set(base) | set(other)) if base.get(k, "n") != other.get(k, "n")]
+
+
 def parse_config(text: str) -> dict[str, str]:
     """CONFIG_X -> value ('n' for 'is not set')."""
     out = {}

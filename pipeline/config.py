@@ -13,14 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .errors import ConfigError
+from .machines import CHOICES as ACCELERATORS
+from .yamlreader import Reader, non_negative, positive, read_yaml
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 CMDLINE_PARAM_RE = re.compile(r"^[A-Za-z0-9_.\-]+(=[A-Za-z0-9_.,:/\-]*)?$")
 CHANGE_KINDS = ("patch", "revert", "config", "cmdline")
-ACCELERATORS = ("auto", "kvm", "tcg")
 SPIN_MODES = ("io", "loop", "cpuid", "fault")
 # Where the VMM's threads run in the test host: flash vCPU and readers on
 # distinct CPUs, all on one CPU (with the SRCU kworker), or wherever the
@@ -165,92 +163,6 @@ class Config:
         raise KeyError(name)
 
 
-class _Lines:
-    """Maps key paths (``candidates[2].changes[0]``) to source lines."""
-
-    def __init__(self, text: str):
-        self.lines: dict[str, int] = {}
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        if node is not None:
-            self._walk(node, "")
-
-    def _walk(self, node: yaml.Node, path: str) -> None:
-        self.lines.setdefault(path, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                sub = f"{path}.{key.value}" if path else str(key.value)
-                self.lines[sub] = key.start_mark.line + 1
-                self._walk(value, sub)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                self._walk(item, f"{path}[{i}]")
-
-    def of(self, path: str) -> int | None:
-        while path:
-            if path in self.lines:
-                return self.lines[path]
-            shorter = re.sub(r"(\.[^.\[]+|\[\d+\])$", "", path)
-            path = "" if shorter == path else shorter  # a top-level key that is not in the file
-        return None
-
-
-class _Reader:
-    """Typed accessors that raise ConfigError with path and line."""
-
-    def __init__(self, source: Path, lines: _Lines, root: Path):
-        self.source, self.lines, self.root = source, lines, root
-
-    def error(self, path: str, message: str) -> ConfigError:
-        return ConfigError(path, message, self.source.name, self.lines.of(path))
-
-    def mapping(self, value: Any, path: str, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> dict:
-        if value is None:
-            value = {}
-        if not isinstance(value, dict):
-            raise self.error(path, f"expected a mapping, got {type(value).__name__}")
-        for key in value:
-            if key not in allowed:
-                raise self.error(f"{path}.{key}" if path else str(key),
-                                 f"unknown key; valid keys: {', '.join(allowed)}")
-        for key in required:
-            if key not in value:
-                raise self.error(path or key, f"missing required key '{key}'")
-        return value
-
-    def typed(self, value: Any, path: str, kind: type | tuple, check: Callable[[Any], bool] | None = None,
-              hint: str = "") -> Any:
-        if isinstance(value, bool) and kind in (int, float):
-            raise self.error(path, f"expected {kind.__name__}, got a boolean")
-        if kind is float and isinstance(value, int):
-            value = float(value)
-        if not isinstance(value, kind):
-            name = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-            raise self.error(path, f"expected {name}, got {type(value).__name__} {value!r}")
-        if check and not check(value):
-            raise self.error(path, f"invalid value {value!r}" + (f": {hint}" if hint else ""))
-        return value
-
-    def existing_file(self, value: Any, path: str) -> Path:
-        text = self.typed(value, path, str)
-        resolved = (self.root / os.path.expanduser(text)).resolve()
-        if not resolved.is_file():
-            raise self.error(path, f"{text} does not exist")
-        return resolved
-
-    def settings(self, data: Any, path: str, cls: type, converters: dict[str, Callable[[Any, str], Any]]) -> Any:
-        mapping = self.mapping(data, path, tuple(converters))
-        kwargs = {k: converters[k](v, f"{path}.{k}") for k, v in mapping.items()}
-        return cls(**kwargs)
-
-
-def _positive(r: _Reader) -> Callable[[Any, str], int]:
-    return lambda v, p: r.typed(v, p, int, lambda x: x > 0, "must be > 0")
-
-
-def _non_negative(r: _Reader) -> Callable[[Any, str], int]:
-    return lambda v, p: r.typed(v, p, int, lambda x: x >= 0, "must be >= 0")
-
-
 def default_cache_dir(setting: str | None, root: Path) -> Path:
     """The cache directory: $KPIPE_CACHE_DIR, else the setting, else ~/.cache/kpipe."""
     env = os.environ.get("KPIPE_CACHE_DIR")
@@ -266,28 +178,13 @@ TOP_KEYS = ("cache_dir", "runs_dir", "trees", "baseline", "candidates", "kernel"
             "workload", "repetitions", "report", "hosts")
 
 
-def _read_yaml(path: str | Path, what: str) -> tuple[Any, _Reader]:
-    source = Path(path).resolve()
-    if not source.is_file():
-        raise ConfigError("", f"{what} {path} not found")
-    text = source.read_text(encoding="utf-8")
-    try:
-        data = yaml.safe_load(text)
-        lines = _Lines(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ConfigError("", f"not valid YAML: {getattr(exc, 'problem', exc)}", source.name,
-                          mark.line + 1 if mark else None) from None
-    return data, _Reader(source, lines, source.parent)
-
-
 def load_config(path: str | Path, hosts_file: str | Path | None = None) -> Config:
     """Read and validate pipeline.yaml; raise ConfigError naming key path and line.
 
     `hosts_file` (a YAML file with one key, `hosts:`) replaces the config's pool
     of test machines: a lab's inventory kept apart from the evaluation.
     """
-    data, r = _read_yaml(path, "config file")
+    data, r = read_yaml(path, "config file")
     source, root = r.source, r.root
     data = r.mapping(data, "", TOP_KEYS, ("trees", "baseline", "candidates"))
 
@@ -304,7 +201,7 @@ def load_config(path: str | Path, hosts_file: str | Path | None = None) -> Confi
                                      "one of tinyconfig, defconfig, allnoconfig"),
         "fragments": lambda v, p: tuple(r.existing_file(f, f"{p}[{i}]")
                                         for i, f in enumerate(r.typed(v, p, list))),
-        "make_jobs": _non_negative(r),
+        "make_jobs": non_negative(r),
     })
     host_data = r.mapping(data.get("test_host"), "test_host",
                           ("qemu_template", "initramfs_recipe", "cpus", "memory_mb", "accelerator",
@@ -319,14 +216,14 @@ def load_config(path: str | Path, hosts_file: str | Path | None = None) -> Confi
         "accelerator": lambda v, p: r.typed(v, p, str, lambda x: x in ACCELERATORS,
                                             f"valid accelerators: {', '.join(ACCELERATORS)}"),
         "cmdline": lambda v, p: r.typed(v, p, str),
-        "boot_timeout_s": _positive(r),
+        "boot_timeout_s": positive(r),
     })
     reps = r.settings(data.get("repetitions"), "repetitions", Repetitions, {
-        "warmup": _non_negative(r),
+        "warmup": non_negative(r),
         "counted": lambda v, p: r.typed(v, p, int, lambda x: x >= 2, "at least 2 for statistics"),
-        "max_counted": _positive(r),
+        "max_counted": positive(r),
         "target_ci_pct": lambda v, p: r.typed(v, p, float, lambda x: x >= 0, "must be >= 0"),
-        "retries": _non_negative(r),
+        "retries": non_negative(r),
     })
     if reps.max_counted < reps.counted:
         reps = Repetitions(reps.warmup, reps.counted, reps.counted, reps.target_ci_pct, reps.retries)
@@ -351,7 +248,7 @@ def load_config(path: str | Path, hosts_file: str | Path | None = None) -> Confi
 
 def load_hosts(path: str | Path) -> tuple[HostSpec, ...]:
     """The pool from a hosts file (`hosts:` and nothing else)."""
-    data, r = _read_yaml(path, "hosts file")
+    data, r = read_yaml(path, "hosts file")
     data = r.mapping(data, "", ("hosts",), ("hosts",))
     return _load_hosts(r, data["hosts"])
 
@@ -361,7 +258,7 @@ HOST_KEYS = ("name", "local", "host", "port", "user", "key", "known_hosts", "wor
 DISTCC_RE = re.compile(r"^[0-9]{1,5}/[0-9]{1,3}$")
 
 
-def _load_hosts(r: _Reader, data: Any) -> tuple[HostSpec, ...]:
+def _load_hosts(r: Reader, data: Any) -> tuple[HostSpec, ...]:
     if data is None:
         return (LOCAL_HOST,)
     items = r.typed(data, "hosts", list, lambda x: len(x) > 0, "list at least one host")
@@ -409,7 +306,7 @@ def _load_hosts(r: _Reader, data: Any) -> tuple[HostSpec, ...]:
     return tuple(hosts)
 
 
-def _load_trees(r: _Reader, data: Any) -> dict[str, Tree]:
+def _load_trees(r: Reader, data: Any) -> dict[str, Tree]:
     data = r.mapping(data, "trees", tuple(data) if isinstance(data, dict) else ())
     if not data:
         raise r.error("trees", "at least one tree is needed")
@@ -436,7 +333,7 @@ def _load_trees(r: _Reader, data: Any) -> dict[str, Tree]:
     return trees
 
 
-def _load_workload(r: _Reader, data: Any, path: str, base: Workload) -> Workload:
+def _load_workload(r: Reader, data: Any, path: str, base: Workload) -> Workload:
     """Workload settings over `base`; `pin: true|false` is read as placement apart|free."""
     if isinstance(data, dict) and "pin" in data:
         data = dict(data)
@@ -445,18 +342,18 @@ def _load_workload(r: _Reader, data: Any, path: str, base: Workload) -> Workload
             raise r.error(f"{path}.pin", "give either placement or the older pin, not both")
         data["placement"] = "apart" if pin else "free"
     converters: dict[str, Callable[[Any, str], Any]] = {
-        "cycles": _positive(r),
+        "cycles": positive(r),
         "static_slots": lambda v, p: r.typed(v, p, int, lambda x: 0 <= x <= 32000, "0 to 32000"),
         "spinners": lambda v, p: r.typed(v, p, int, lambda x: 0 <= x <= 16, "0 to 16"),
         "spin_mode": lambda v, p: r.typed(v, p, str, lambda x: x in SPIN_MODES, "one of " + ", ".join(SPIN_MODES)),
         "placement": lambda v, p: r.typed(v, p, str, lambda x: x in PLACEMENTS, "one of " + ", ".join(PLACEMENTS)),
-        "timeout_s": _positive(r),
+        "timeout_s": positive(r),
     }
     mapping = r.mapping(data, path, (*converters, "pin"))
     return dataclasses.replace(base, **{k: converters[k](v, f"{path}.{k}") for k, v in mapping.items()})
 
 
-def _load_candidates(r: _Reader, data: Any, trees: dict[str, Tree],
+def _load_candidates(r: Reader, data: Any, trees: dict[str, Tree],
                      workload: Workload) -> tuple[Candidate, ...]:
     items = r.typed(data, "candidates", list, lambda x: len(x) > 0, "at least one candidate")
     seen: set[str] = set()

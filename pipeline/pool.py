@@ -17,10 +17,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .boot import choose_accelerator
 from .config import HostSpec
 from .errors import InfraError
 from .executor import Executor, LocalExecutor
+from .machines import Accelerator, choose_accelerator
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class PoolHost:
     status: str = OK
     reason: str = ""
     facts: dict[str, str] = field(default_factory=dict)
-    accel: tuple[str, str, str] = ("tcg", "", "")
+    accel: Accelerator = Accelerator("tcg", "", "")
     kind: str = ""
     jobs: int = 0
 
@@ -53,7 +53,7 @@ class PoolHost:
     def as_dict(self) -> dict[str, Any]:
         f = self.facts
         return {"name": self.name, "address": self.spec.address, "status": self.status, "reason": self.reason,
-                "kind": self.kind, "accelerator": self.accel[0], "accelerator_reason": self.accel[2],
+                "kind": self.kind, "accelerator": self.accel.name, "accelerator_reason": self.accel.reason,
                 "cpus": f.get("cpus"), "cpu_model": f.get("cpu_model"), "kernel": f.get("kernel"),
                 "memory_gb": round(int(f.get("mem_kb") or 0) / 1024**2, 1),
                 "free_gb": round(int(f.get("free_kb") or 0) / 1024**2, 1), "qemu": f.get("qemu_version"),
@@ -102,7 +102,7 @@ def check_host(host: PoolHost, wanted_accel: str) -> None:
     if problems:
         host.status, host.reason = UNUSABLE, "; ".join(problems)
         return
-    host.kind = spec.kind or f"{host.accel[0]} {facts.get('machine', '?')} {facts.get('cpus', '?')}x " \
+    host.kind = spec.kind or f"{host.accel.name} {facts.get('machine', '?')} {facts.get('cpus', '?')}x " \
                              f"{facts.get('cpu_model') or 'unknown CPU'}"
     host.status, host.reason = OK, f"ready: {host.kind}"
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import textwrap
 from collections import Counter
@@ -12,9 +13,19 @@ from typing import Any
 import jinja2
 
 from .analysis import METRICS, analyze, fmt_num, fmt_p
+from .errors import UserError
 
 TEMPLATES = Path(__file__).parent / "templates"
 WIDTH = 72
+
+
+def safe_href(path: Any) -> str:
+    """A link into the report folder, or '#': results.json is data, and a path in it becomes a link only if
+    it is relative, stays inside the folder and names no scheme (no 'javascript:', no '../')."""
+    text = str(path or "")
+    if not text or ":" in text or text.startswith(("/", "\\")) or ".." in Path(text).parts or "\\" in text:
+        return "#"
+    return text
 
 
 def _env() -> jinja2.Environment:
@@ -23,8 +34,12 @@ def _env() -> jinja2.Environment:
                              undefined=jinja2.ChainableUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = fmt_num
     env.filters["pval"] = fmt_p
+    env.filters["href"] = safe_href
     env.filters["pct"] = lambda v: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:+.1f}%"
     return env
+
+
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
 
 
 def load_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -169,11 +184,18 @@ def _clean(obj: Any) -> Any:
 
 
 def _copy_logs(run_dir: Path, out_dir: Path) -> None:
+    """Copy the run's logs next to the report: regular files only (a symlink in a run folder is never
+    followed, so nothing outside it can be published), nothing deleted, existing files overwritten."""
     src = run_dir / "logs"
-    if src.is_dir():
-        dest = out_dir / "logs"
-        shutil.rmtree(dest, ignore_errors=True)
-        shutil.copytree(src, dest)
+    if not src.is_dir() or src.is_symlink():
+        return
+    for path in sorted(src.rglob("*")):
+        if any(p.is_symlink() for p in (path, *path.relative_to(src).parents) if p != Path(".")) \
+                or not path.is_file():
+            continue
+        dest = out_dir / "logs" / path.relative_to(src)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, dest, follow_symlinks=False)
 
 
 def render_html(results: dict[str, Any], metadata: dict[str, Any], analysis: dict[str, Any] | None = None) -> str:
@@ -191,12 +213,16 @@ def write_report(run_dir: Path, reports_dir: Path) -> Path:
     """Render every format for one run into reports/<run-id>/ and refresh reports/index.html."""
     results, metadata = load_run(run_dir)
     a = analyze(results)
-    out = reports_dir / results["run_id"]
+    run_id = str(results.get("run_id", ""))
+    if not RUN_ID_RE.match(run_id):
+        raise UserError(f"{run_dir / 'results.json'}: run_id {run_id!r} is not a run id (letters, digits, '-', '_')")
+    out = reports_dir / run_id
     out.mkdir(parents=True, exist_ok=True)
-    _copy_logs(run_dir, out)
-    shutil.copy2(run_dir / "results.json", out / "results.json")
-    if (run_dir / "metadata.json").exists():
-        shutil.copy2(run_dir / "metadata.json", out / "metadata.json")
+    if out.resolve() != run_dir.resolve():  # rendering a published report in place copies nothing onto itself
+        _copy_logs(run_dir, out)
+        shutil.copyfile(run_dir / "results.json", out / "results.json")
+        if (run_dir / "metadata.json").exists():
+            shutil.copyfile(run_dir / "metadata.json", out / "metadata.json")
     (out / "summary.txt").write_text(render_text(results, metadata, a), encoding="utf-8")
     (out / "summary.json").write_text(render_json(results, metadata, a), encoding="utf-8")
     (out / "index.html").write_text(render_html(results, metadata, a), encoding="utf-8")

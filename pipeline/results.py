@@ -7,14 +7,61 @@ import os
 import secrets
 import tempfile
 import threading
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-# Stage statuses, and candidate statuses in pipeline order of the stage that sets them.
-PASS, FAIL, SKIP = "pass", "fail", "skip"  # SKIP: an earlier stage failed
+
+class StageStatus(StrEnum):
+    """A stage's outcome; the values are what results.json has always held."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    SKIP = "skip"  # an earlier stage failed
+    ERROR = "error"  # the infrastructure failed, not the candidate
+
+
+PASS, FAIL, SKIP = StageStatus.PASS.value, StageStatus.FAIL.value, StageStatus.SKIP.value
 STAGES = ("fetch", "patch", "build", "boot", "run")
+# Candidate statuses, in pipeline order of the stage that sets them.
 CANDIDATE_STATUSES = ("pending", "ok", "patch-failed", "build-failed", "boot-failed", "boot-timeout",
                       "workload-failed", "infra-error")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One repetition of the workload on one booted test host."""
+
+    round: int
+    kind: str  # "counted" or "warmup"
+    attempt: int
+    finished: str
+    host: str
+    host_kind: str
+    boot_to_ssh_s: float
+    console_log: str
+    raw: dict[str, Any]
+    metrics: dict[str, float]
+    argv: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RetryRecord:
+    """A failed attempt: retried (infrastructure) or final (the candidate's)."""
+
+    attempt: str
+    status: str
+    message: str
+    excerpt: str = ""
+    at: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"attempt": self.attempt, "status": self.status, "message": self.message[:500],
+                "excerpt": self.excerpt[-3000:], "at": self.at or _now()}
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -79,6 +126,55 @@ class RunFolder:
         with self._lock:
             self.candidate(candidate)["stages"][stage] = data
             self.save()
+
+    def add_run(self, candidate: str, run: RunRecord) -> None:
+        """Record a repetition; the candidate is "ok" from its first one on."""
+        with self._lock:
+            c = self.candidate(candidate)
+            c["runs" if run.kind == "counted" else "warmup_runs"].append(run.as_dict())
+            if c["status"] == "pending":
+                c["status"] = "ok"
+            self.save()
+
+    def add_retry(self, candidate: str, retry: RetryRecord) -> None:
+        with self._lock:
+            self.candidate(candidate).setdefault("retries", []).append(retry.as_dict())
+            self.save()
+
+    def fail(self, candidate: str, stage: str, status: str, message: str, excerpt: str,
+             extra: dict[str, Any] | None = None) -> None:
+        """The candidate ends at `stage` with `status`; every later stage is recorded as skipped."""
+        assert status in CANDIDATE_STATUSES, status
+        with self._lock:
+            c = self.candidate(candidate)
+            c["stages"][stage] = {"status": FAIL, "message": message, "excerpt": excerpt[-6000:], **(extra or {})}
+            for later in STAGES[STAGES.index(stage) + 1:]:
+                c["stages"].setdefault(later, {"status": SKIP, "message": f"{stage} failed"})
+            c["status"] = status
+            c["status_detail"] = message.splitlines()[0][:300] if message else ""
+            self.save()
+
+    def update_stage(self, candidate: str, stage: str, **values: Any) -> None:
+        with self._lock:
+            self.candidate(candidate)["stages"].setdefault(stage, {}).update(values)
+            self.save()
+
+    def update_candidate(self, candidate: str, **values: Any) -> None:
+        with self._lock:
+            self.candidate(candidate).update(values)
+            self.save()
+
+    def update(self, **values: Any) -> None:
+        with self._lock:
+            self.results.update(values)
+            self.save()
+
+    def rounds_done(self, candidate: str) -> set[int]:
+        c = self.candidate(candidate)
+        return {int(x["round"]) for x in c.get("runs", []) + c.get("warmup_runs", [])}
+
+    def counted_values(self, candidate: str, metric: str) -> list[float]:
+        return [float(r["metrics"][metric]) for r in self.candidate(candidate)["runs"] if metric in r["metrics"]]
 
     def set_status(self, candidate: str, status: str, detail: str = "") -> None:
         assert status in CANDIDATE_STATUSES, status

@@ -234,3 +234,37 @@ def resolve_source(source: str, workdir: Path) -> Path:
     if _MSGID.match(source):
         return fetch_by_message_id(source, Path(tempfile.mkdtemp(prefix="kpipe-b4-", dir=workdir)))
     raise UserError(f"{source}: not a file, and not a Message-ID")
+
+
+@dataclass(frozen=True)
+class TriageResult:
+    first_paragraph: str
+    report_dir: Path
+    reply: Path
+    analysis: dict[str, Any]
+
+
+def run_triage(cfg: Config, source: str, progress: Any = None) -> TriageResult:
+    """Evaluate a posted series against the baseline: parse it, run both, render the report and the reply."""
+    from .analysis import analyze
+    from .progress import Progress
+    from .report import load_run, render_text, report_url, write_report
+    from .results import new_run_id
+    from .runner import run_pipeline
+
+    workdir = cfg.runs_dir / "triage" / new_run_id()
+    workdir.mkdir(parents=True)
+    series = parse_series(resolve_source(source, workdir), workdir / "patches")
+    tcfg, note = triage_config(cfg, series)
+    cand = tcfg.candidates[1].name
+    progress = progress or Progress()
+    progress.say("triage", cand, f"{len(series.patches)} patch(es), {note}"
+                 + (f"; skipped {len(series.skipped)} non-patch message(s)" if series.skipped else ""))
+    folder = run_pipeline(tcfg, None, progress)
+    out = write_report(folder.path, cfg.report.dir)
+    results, metadata = load_run(folder.path)
+    a = analyze(results)
+    first = outcome(results, a, cand, series) + f"\n\n(The series was {note}.)"
+    link = report_url(cfg.report.base_url, folder.run_id)
+    reply = write_reply(series, render_text(results, metadata, a), first, link, out / "reply.eml")
+    return TriageResult(first, out, reply, a)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,15 @@ from .proc import run
 VMM_SOURCE = Path(__file__).parent / "vmm" / "flashvmm.c"
 REMOTE_VMM = "/tmp/flashvmm"
 BUSY_FIELDS = ("user", "nice", "system", "irq", "softirq", "steal")
+
+
+@dataclass(frozen=True)
+class WorkloadResult:
+    """One run of the VMM: its JSON as printed, the metrics derived from it, the command that ran it."""
+
+    raw: dict[str, Any]
+    metrics: dict[str, float]
+    argv: tuple[str, ...] = ()
 
 
 class WorkloadFailed(PipelineError):
@@ -144,8 +154,8 @@ def install_vmm(host: BootedHost, vmm: Path) -> None:
         raise InfraError(f"cannot install the VMM in the test host: {res.stderr}")
 
 
-def run_workload(host: BootedHost, w: Workload, cpus: int) -> dict[str, Any]:
-    """Run one repetition; return {'raw': ..., 'metrics': ...} or raise WorkloadFailed."""
+def run_workload(host: BootedHost, w: Workload, cpus: int) -> WorkloadResult:
+    """Run one repetition, or raise WorkloadFailed (infrastructure=True when a retry may help)."""
     argv = vmm_argv(REMOTE_VMM, w, cpus)
     res = host.run(argv, timeout=w.timeout_s + 60)
     raw = parse_output(res.stdout)
@@ -157,4 +167,4 @@ def run_workload(host: BootedHost, w: Workload, cpus: int) -> dict[str, Any]:
     if status != "ok":
         raise WorkloadFailed(f"workload reported {status}: {raw.get('failure') or raw.get('error')}",
                              res.stdout + res.stderr, infrastructure=status == "guest-failed")
-    return {"raw": raw, "metrics": derive_metrics(raw), "argv": argv}
+    return WorkloadResult(raw, derive_metrics(raw), tuple(argv))

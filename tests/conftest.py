@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.boot import boot_test_host, choose_accelerator
+from pipeline.boot import boot_test_host
 from pipeline.build import build_kernel
 from pipeline.config import Candidate, KernelConfig, TestHost, Tree
 from pipeline.executor import LocalExecutor
 from pipeline.fetch import checkout_worktree, fetch_tree
 from pipeline.initramfs import build_initramfs
+from pipeline.machines import choose_accelerator
 from pipeline.patch import apply_changes
 
 REPO = Path(__file__).resolve().parent.parent

@@ -184,6 +184,17 @@ def test_compare_to_must_name_a_candidate(tmp_path: Path) -> None:
 
 
 def test_candidate_workload_unknown_key(tmp_path: Path) -> None:
-    text = GOOD.replace("  - name: other\n    tree: t\n", "  - name: other\n    tree: t\n    workload:\n      readers: 2\n")
+    text = GOOD.replace("  - name: other\n    tree: t\n",
+                        "  - name: other\n    tree: t\n    workload:\n      readers: 2\n")
     err = error_of(tmp_path, text)
     assert err.path == "candidates[1].workload.readers" and "valid keys" in str(err)
+
+
+def test_yaml_alias_bomb_is_refused_before_expansion(tmp_path: Path) -> None:
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    path = write(tmp_path, GOOD)
+    path.write_text(path.read_text() + "\n".join(levels) + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "anchors and aliases" in str(info.value) and info.value.line is not None

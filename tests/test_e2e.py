@@ -49,7 +49,7 @@ def test_workload_numbers_are_real_and_consistent(test_host, e2e_cache: Path) ->
     install_vmm(test_host, build_vmm(e2e_cache))
     cycles = 300
     result = run_workload(test_host, Workload(cycles=cycles, spinners=1, spin_mode="loop", timeout_s=240), 2)
-    raw, m = result["raw"], result["metrics"]
+    raw, m = result.raw, result.metrics
     assert raw["status"] == "ok"
     assert raw["updates"] == 2 * cycles
     assert raw["mmio_write_exits"] == raw["mmio_read_exits"] == cycles
@@ -79,7 +79,7 @@ def test_test_host_kernel_is_preemptible(test_host) -> None:
 def test_fault_reader_and_shared_placement_run(test_host, e2e_cache: Path) -> None:
     install_vmm(test_host, build_vmm(e2e_cache))
     w = Workload(cycles=100, spinners=1, spin_mode="fault", placement="shared", timeout_s=240)
-    raw = run_workload(test_host, w, 2)["raw"]
+    raw = run_workload(test_host, w, 2).raw
     assert raw["status"] == "ok" and raw["params"]["spin_mode"] == "fault"
     assert raw["flash_cpu_seen"] == 0 and raw["spinners_detail"][0]["cpu"] == 0  # one CPU for both
     assert raw["discards"] > 0 and raw["spinners_detail"][0]["kvm_exits"] > 0

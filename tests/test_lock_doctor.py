@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import TOOLS, main
+from pipeline.cli import main
+from pipeline.doctor import TOOLS
 from pipeline.errors import InfraError
 from pipeline.lock import cache_lock
 

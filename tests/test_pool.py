@@ -280,7 +280,7 @@ def test_each_host_is_checked_before_use_with_a_clear_reason(lab: dict, tmp_path
     ok = hosts["lab1"]
     assert ok.status == OK, ok.reason
     assert ok.facts["qemu"].endswith("qemu-system-x86_64") and int(ok.facts["cpus"]) == os.cpu_count()
-    assert ok.kind.startswith(ok.accel[0] + " x86_64")
+    assert ok.kind.startswith(ok.accel.name + " x86_64")
     assert hosts["down"].status == UNUSABLE and "unreachable" in hosts["down"].reason
     assert "cannot connect to 127.0.0.1 port 1: Connection refused" in hosts["down"].reason
     assert hosts["unknown-key"].status == UNUSABLE

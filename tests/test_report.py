@@ -10,6 +10,7 @@ import pytest
 
 from pipeline.analysis import analyze
 from pipeline.cli import main
+from pipeline.errors import UserError
 from pipeline.report import render_html, render_text, write_report
 
 DATA = Path(__file__).parent / "data"
@@ -86,13 +87,15 @@ def test_report_command_formats_and_exit_code(real, tmp_path: Path, capsys: pyte
     run_dir.mkdir()
     shutil.copy(DATA / "results-real.json", run_dir / "results.json")
     shutil.copy(DATA / "metadata-real.json", run_dir / "metadata.json")
-    cfg = Path(__file__).resolve().parent.parent / "pipeline.yaml"
-    if not Path("/usr/src/linux-source-6.1.tar.xz").exists():
-        pytest.skip("the default config needs linux-source-6.1")
-    assert main(["report", str(run_dir), "-c", str(cfg), "--format", "text"]) == 3  # regression found
+    # No config and no kernel source needed: the run folder is enough.
+    assert main(["report", str(run_dir), "--format", "text"]) == 3  # regression found
     assert "Full report:" in capsys.readouterr().out
-    assert main(["report", str(run_dir), "-c", str(cfg), "--format", "json"]) == 3
+    assert main(["report", str(run_dir), "--format", "json"]) == 3
     assert json.loads(capsys.readouterr().out)["analysis"]["regressions"]
+    out = tmp_path / "published"
+    assert main(["report", str(run_dir), "--output", str(out)]) == 3
+    assert (out / results["run_id"] / "index.html").is_file()
+    assert main(["report", "no-such-run", "--runs-dir", str(tmp_path)]) == 64
 
 
 def test_swept_parameter_is_found_and_plotted(real) -> None:
@@ -110,3 +113,49 @@ def test_swept_parameter_is_found_and_plotted(real) -> None:
     assert "srcutree.srcu_max_nodelay" not in sweeps  # only one value given
     page = render_html(r, metadata)
     assert "Swept boot parameter srcutree.srcu_max_nodelay_phase" in page
+
+
+def _published(tmp_path: Path) -> tuple[Path, Path]:
+    """A report as committed under reports/<run-id>/: results, metadata and logs side by side."""
+    reports = tmp_path / "reports"
+    results = json.loads((DATA / "results-real.json").read_text())
+    out = reports / results["run_id"]
+    (out / "logs" / "baseline").mkdir(parents=True)
+    shutil.copy(DATA / "results-real.json", out / "results.json")
+    shutil.copy(DATA / "metadata-real.json", out / "metadata.json")
+    (out / "logs" / "baseline" / "build.log").write_text("make -j2 bzImage\n")
+    return reports, out
+
+
+def test_rendering_a_published_report_in_place_loses_nothing(tmp_path: Path) -> None:
+    reports, out = _published(tmp_path)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert write_report(out, reports) == out
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    for name, data in before.items():
+        assert after.get(name) == data, f"{name} was changed or deleted"
+    assert (out / "index.html").is_file() and (reports / "index.html").is_file()
+
+
+def test_results_json_is_data_not_instructions(tmp_path: Path) -> None:
+    reports, out = _published(tmp_path)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for publishing\n")
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    (run / "logs" / "baseline" / "leak.log").symlink_to(secret)
+    (run / "logs" / "linked").symlink_to(tmp_path)
+    results = json.loads((run / "results.json").read_text())
+    results["candidates"]["baseline"]["stages"]["build"]["log"] = "javascript:alert(1)"
+    results["candidates"]["baseline"]["stages"]["boot"]["console_log"] = "../../../etc/passwd"
+    (run / "results.json").write_text(json.dumps(results))
+    page = write_report(run, reports / "x").joinpath("index.html").read_text()
+    assert "javascript:" not in page and "../../../etc/passwd\"" not in page
+    published = list((reports / "x").rglob("*"))
+    assert not any("leak" in p.name or "linked" in p.parts for p in published)
+    assert not any(p.is_file() and p.read_text(errors="replace") == "not for publishing\n" for p in published)
+    results["run_id"] = "../outside"
+    (run / "results.json").write_text(json.dumps(results))
+    with pytest.raises(UserError, match="is not a run id"):
+        write_report(run, reports)
+    assert not (tmp_path / "outside").exists()

@@ -116,7 +116,7 @@ def test_triage_of_the_regression_patch_and_of_a_patch_that_does_not_apply(built
     from pipeline.cli import main
 
     monkeypatch.setenv("KPIPE_CACHE_DIR", str(e2e_cache))
-    cfg = small_config(tmp_path, cycles=3000, counted=4)
+    cfg = small_config(tmp_path, cycles=300, counted=3)  # the faithful regression: ~15 ms per grace period
     posted = (REPO / "patches/0001-srcu-v5.19-rc1-expedited-policy-regression.patch").read_text()
     posted = posted.replace("\nSubject: ", "\nMessage-ID: <regression-1@example.org>\nTo: rcu@example.org\n"
                             "Subject: ", 1)

@@ -1,0 +1,132 @@
+"""fetch -> patch -> build for every candidate, recording each stage; a failure ends only that candidate."""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+
+from .build import BuildFailed, build_kernel, config_differences
+from .config import Candidate, Config
+from .errors import UserError
+from .fetch import FetchedTree, checkout_worktree, fetch_tree
+from .measure import Prepared
+from .patch import PatchFailed, UnsafePatch, apply_changes, check_changes
+from .progress import Progress
+from .results import PASS, RunFolder
+
+
+class Preparer:
+    def __init__(self, cfg: Config, folder: RunFolder, progress: Progress, distcc: tuple[str, ...] = ()):
+        self.cfg = cfg
+        self.folder = folder
+        self.progress = progress
+        self.distcc = distcc
+        self.trees: dict[str, FetchedTree] = {}
+
+    def prepare_all(self, cands: list[Candidate]) -> list[Prepared]:
+        """Fetch, patch and build each candidate; one that differs from an earlier one only in its
+        command line or workload shares that one's tree and kernel (no checkout, no build)."""
+        preps: list[Prepared] = []
+        done: dict[tuple, Prepared] = {}
+        for c in cands:
+            status = self.folder.candidate(c.name)["status"]
+            if status not in ("pending", "ok"):
+                preps.append(Prepared(c, alive=False))  # failed before an interruption: keep it
+                continue
+            key = (c.tree, tuple((ch.kind, ch.value) for ch in c.source_changes), c.config_fragments)
+            twin = done.get(key)
+            if twin and twin.patched and twin.artifacts:
+                preps.append(self._share(c, twin))
+                continue
+            prep = self.prepare(c)
+            preps.append(prep)
+            if prep.alive:
+                done[key] = prep
+        return preps
+
+    def _share(self, cand: Candidate, twin: Prepared) -> Prepared:
+        assert twin.patched and twin.artifacts
+        patched = dataclasses.replace(twin.patched, cmdline=cand.cmdline)
+        prep = Prepared(cand, patched=patched, artifacts=twin.artifacts)
+        name, other = cand.name, twin.candidate.name
+        stages = self.folder.candidate(other)["stages"]
+        for stage in ("fetch", "patch", "build"):
+            if stage in stages:
+                self.folder.record_stage(name, stage, {**stages[stage], "shared_with": other,
+                                                       **({"cmdline": list(cand.cmdline)} if stage == "patch" else {})})
+        self.progress.say("build", name, f"same tree, patches and config as {other}: its kernel, no build")
+        return prep
+
+    def prepare(self, cand: Candidate) -> Prepared:
+        prep = Prepared(cand)
+        name = cand.name
+        log_file = self.folder.log_path(name, "patch.log")
+        try:
+            check_changes(cand)
+        except (UnsafePatch, UserError) as exc:
+            self.fail(prep, "patch", "patch-failed", str(exc), str(exc))
+            return prep
+        t0 = time.monotonic()
+        try:
+            fetched = self.trees.get(cand.tree)
+            if fetched is None:
+                self.progress.say("fetch", name, f"tree {cand.tree}")
+                fetched = fetch_tree(self.cfg.trees[cand.tree], self.cfg.cache_dir,
+                                     self.folder.log_path("_trees", f"{cand.tree}.log"))
+                self.trees[cand.tree] = fetched
+                self.progress.say("fetch", name, f"tree {cand.tree} at {fetched.commit[:12]} "
+                                  f"({'reused' if fetched.reused else 'imported'} in {fetched.seconds:.1f} s)")
+            self.folder.record_stage(name, "fetch", {"status": PASS, "tree": cand.tree, "origin": fetched.origin,
+                                                     "commit": fetched.commit, "reused": fetched.reused,
+                                                     "seconds": round(fetched.seconds, 2)})
+            wt = checkout_worktree(fetched, name, self.cfg.cache_dir, log_file)
+        except UserError as exc:
+            self.fail(prep, "fetch", "infra-error", str(exc), str(exc))
+            return prep
+        try:
+            prep.patched = apply_changes(cand, wt, log_file)
+        except PatchFailed as exc:
+            self.fail(prep, "patch", "patch-failed", str(exc), exc.git_message,
+                       {"location": exc.location, "change": f"{exc.change.kind}: {exc.change.value}",
+                        "log": self.folder.relative(log_file)})
+            return prep
+        self.folder.record_stage(name, "patch", {"status": PASS, "seconds": round(time.monotonic() - t0, 2),
+                                                 "worktree": str(wt.path), "log": self.folder.relative(log_file),
+                                                 **prep.patched.as_dict()})
+        self.progress.say("patch", name, f"{len(cand.changes)} change(s) -> {prep.patched.commit[:12]}")
+        build_log = self.folder.log_path(name, "build.log")
+        self.progress.say("build", name, "building kernel (cached by content)")
+        try:
+            prep.artifacts = build_kernel(prep.patched, self.cfg.kernel, self.cfg.kernel.fragments,
+                                          self.cfg.cache_dir, build_log, self.distcc)
+        except BuildFailed as exc:
+            self.fail(prep, "build", "build-failed", str(exc).splitlines()[0], exc.excerpt,
+                       {"log": self.folder.relative(build_log)})
+            return prep
+        art = prep.artifacts
+        if art.cached and art.log.exists() and not build_log.exists():
+            shutil.copy2(art.log, build_log)
+        self.folder.record_stage(name, "build", {"status": PASS, **art.as_dict(),
+                                                 "log": self.folder.relative(build_log)})
+        self.progress.say("build", name, f"{art.kernel_release}: "
+                          f"{'cached' if art.cached else f'built in {art.seconds:.0f} s'}, {art.warnings} warnings")
+        return prep
+
+
+    def record_config_differences(self, preps: list[Prepared]) -> None:
+        """Each built candidate's final .config against the baseline's, for the report."""
+        base = next((p for p in preps if p.candidate.name == self.cfg.baseline and p.artifacts), None)
+        if base is None or base.artifacts is None:
+            return
+        for prep in preps:
+            if prep.artifacts is None or prep is base:
+                continue
+            diff = config_differences(base.artifacts.config, prep.artifacts.config)
+            self.folder.update_stage(prep.candidate.name, "build", config_diff=diff)
+
+    def fail(self, prep: Prepared, stage: str, status: str, message: str, excerpt: str,
+             extra: dict | None = None) -> None:
+        """End a candidate at `stage`; later stages are recorded as skipped, the others carry on."""
+        prep.alive = False
+        self.folder.fail(prep.candidate.name, stage, status, message, excerpt, extra)
+        self.progress.say(stage, prep.candidate.name, f"FAILED ({status}): {message.splitlines()[0][:120]}")

@@ -1,0 +1,183 @@
+"""The measuring rules in seconds, with fake boot and workload steps (the real ones have e2e tests):
+interleaving, retries of infrastructure faults only, a panic ends the candidate, resume skips
+finished rounds, a lost host hands its job to another."""
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.boot import BootFailed
+from pipeline.config import Candidate, Config, Repetitions, Workload
+from pipeline.measure import Measurer, Prepared
+from pipeline.pool import OK, PoolHost
+from pipeline.progress import Progress
+from pipeline.results import RunFolder
+from pipeline.workload import WorkloadFailed, WorkloadResult
+
+
+@dataclass
+class FakeHost:
+    console_log: Path
+    boot_seconds: float = 1.0
+    accelerator: str = "tcg"
+    info: dict[str, Any] = field(default_factory=lambda: {"uname_r": "6.1.0-test"})
+
+
+class FakeExecutor:
+    def __init__(self, healthy: bool = True):
+        self.is_healthy = healthy
+
+    def healthy(self) -> tuple[bool, str]:
+        return self.is_healthy, "" if self.is_healthy else "connection refused"
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class Script:
+    """What each boot of a candidate does, in order: 'ok', 'panic', 'timeout', 'ssh', 'watchdog', 'guest'."""
+
+    plans: dict[str, list[str]]
+    calls: list[tuple[str, str]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def next(self, name: str) -> str:
+        with self.lock:
+            plan = self.plans.get(name) or ["ok"]
+            step = plan.pop(0) if len(plan) > 1 else plan[0]
+            self.calls.append((name, step))
+            return step
+
+
+def make(tmp_path: Path, script: Script, counted: int = 3, retries: int = 2,
+         hosts: int = 1) -> tuple[Measurer, RunFolder, list[Prepared], list[str]]:
+    import dataclasses
+
+    cfg = Config.__new__(Config)
+    object.__setattr__(cfg, "repetitions", Repetitions(warmup=0, counted=counted, max_counted=counted,
+                                                        retries=retries))
+    object.__setattr__(cfg, "workload", Workload(cycles=10))
+    object.__setattr__(cfg, "test_host", dataclasses.make_dataclass("TH", [("cpus", int)])(2))
+    object.__setattr__(cfg, "report", dataclasses.make_dataclass("R", [("bootstrap_resamples", int)])(200))
+    folder = RunFolder.create(tmp_path / "runs")
+    failures: list[str] = []
+    current: dict[int, str] = {}
+
+    @contextlib.contextmanager
+    def boot(executor: Any, artifacts: Any, initramfs: Any, host: Any, cmdline: Any, run_dir: Path, tag: str,
+             accel: Any) -> Iterator[FakeHost]:
+        name = run_dir.name
+        if not executor.is_healthy:
+            raise EOFError("the link to the pool host dropped")
+        step = script.next(name)
+        if step == "panic":
+            raise BootFailed("boot-failed", "Kernel panic - not syncing", "Kernel panic - not syncing: VFS")
+        if step == "timeout":
+            raise BootFailed("boot-timeout", "no SSH after 180 s", "")
+        if step == "ssh":
+            raise EOFError("SSH session closed")
+        current[threading.get_ident()] = step
+        run_dir.mkdir(parents=True, exist_ok=True)
+        yield FakeHost(run_dir / f"{tag}.console.log")
+
+    def workload(host: Any, w: Workload, cpus: int) -> WorkloadResult:
+        step = current.get(threading.get_ident(), "ok")
+        if step == "watchdog":
+            raise WorkloadFailed("workload watchdog fired after 600 s", "{}", infrastructure=True)
+        if step == "guest":
+            raise WorkloadFailed("workload reported guest-failed", "{}", infrastructure=False)
+        return WorkloadResult({"status": "ok"}, {"boot_s": 1.0, "host_cpu_s": 0.5, "updates": 20.0})
+
+    def fail(prep: Prepared, stage: str, status: str, message: str, excerpt: str, extra: Any = None) -> None:
+        prep.alive = False
+        folder.fail(prep.candidate.name, stage, status, message, excerpt, extra)
+        failures.append(f"{prep.candidate.name}:{stage}:{status}")
+
+    art = dataclasses.make_dataclass("A", [("kernel_release", str)])("6.1.0-test")
+    patched = dataclasses.make_dataclass("P", [("cmdline", tuple)])(())
+    preps = [Prepared(Candidate(n, "t"), patched=patched, artifacts=art) for n in script.plans]  # type: ignore[arg-type]
+    pool = []
+    for i in range(hosts):
+        spec = dataclasses.make_dataclass("S", [("name", str), ("address", str), ("share_cpus", bool)])(
+            f"h{i}", f"h{i}", False)
+        pool.append(PoolHost(spec, FakeExecutor()))  # type: ignore[arg-type]
+    for h in pool:
+        h.status = OK
+    m = Measurer(cfg, folder, Progress(quiet=True), pool, threading.Event(), fail, boot=boot, workload=workload,
+                 install=lambda host, vmm: None)
+    return m, folder, preps, failures
+
+
+def test_rounds_are_interleaved_and_rotated(tmp_path: Path) -> None:
+    script = Script({"a": ["ok"], "b": ["ok"], "c": ["ok"]})
+    m, folder, preps, failures = make(tmp_path, script, counted=3)
+    m.measure_all(preps, None, tmp_path / "vmm")  # type: ignore[arg-type]
+    assert [n for n, _ in script.calls] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert failures == []
+    for name in "abc":
+        c = folder.candidate(name)
+        assert c["status"] == "ok" and sorted(r["round"] for r in c["runs"]) == [0, 1, 2]
+        assert c["stop_reason"] == "fixed count of 3"
+
+
+def test_infrastructure_faults_are_retried_and_recorded_never_counted(tmp_path: Path) -> None:
+    script = Script({"a": ["ssh", "timeout", "ok"], "b": ["watchdog", "ok"]})
+    m, folder, preps, failures = make(tmp_path, script, counted=1, retries=2)
+    m.measure_all(preps, None, tmp_path / "vmm")  # type: ignore[arg-type]
+    assert failures == []
+    a, b = folder.candidate("a"), folder.candidate("b")
+    assert len(a["runs"]) == 1 and [r["status"] for r in a["retries"]] == ["infra-error", "boot-timeout"]
+    assert len(b["runs"]) == 1 and [r["status"] for r in b["retries"]] == ["workload-failed"]
+    assert a["runs"][0]["attempt"] == 2
+
+
+def test_retries_run_out_and_end_the_candidate_as_infra_error(tmp_path: Path) -> None:
+    script = Script({"a": ["ssh"], "b": ["ok"]})
+    m, folder, preps, failures = make(tmp_path, script, counted=2, retries=1)
+    m.measure_all(preps, None, tmp_path / "vmm")  # type: ignore[arg-type]
+    assert failures == ["a:run:infra-error"]
+    assert folder.candidate("a")["status"] == "infra-error" and len(folder.candidate("a")["retries"]) == 2
+    assert len(folder.candidate("b")["runs"]) == 2  # the other candidate carries on
+
+
+@pytest.mark.parametrize("step, status, stage", [("panic", "boot-failed", "boot"), ("guest", "workload-failed", "run")])
+def test_a_candidates_own_failure_is_never_retried(tmp_path: Path, step: str, status: str, stage: str) -> None:
+    script = Script({"a": [step], "b": ["ok"]})
+    m, folder, preps, failures = make(tmp_path, script, counted=2, retries=2)
+    m.measure_all(preps, None, tmp_path / "vmm")  # type: ignore[arg-type]
+    assert failures == [f"a:{stage}:{status}"]
+    assert [s for n, s in script.calls if n == "a"] == [step]  # one attempt, then no more rounds
+    assert folder.candidate("a")["stages"][stage]["status"] == "fail"
+    assert len(folder.candidate("b")["runs"]) == 2
+
+
+def test_resume_skips_finished_rounds(tmp_path: Path) -> None:
+    script = Script({"a": ["ok"], "b": ["ok"]})
+    m, folder, preps, _ = make(tmp_path, script, counted=3)
+    folder.candidate("a")["runs"].append({"round": 0, "metrics": {"boot_s": 1.0}})
+    folder.candidate("a")["runs"].append({"round": 1, "metrics": {"boot_s": 1.0}})
+    m.measure_all(preps, None, tmp_path / "vmm")  # type: ignore[arg-type]
+    assert [r for n, r in script.calls if n == "a"] == ["ok"]  # only round 2
+    assert sorted(r["round"] for r in folder.candidate("a")["runs"]) == [0, 1, 2]
+    assert len(folder.candidate("b")["runs"]) == 3
+
+
+def test_a_lost_host_hands_its_job_to_another(tmp_path: Path) -> None:
+    script = Script({"a": ["ok"], "b": ["ok"]})
+    m, folder, preps, failures = make(tmp_path, script, counted=2, retries=2, hosts=2)
+    m.hosts[0].executor.is_healthy = False  # type: ignore[attr-defined]
+    m.measure_all(preps, None, tmp_path / "vmm")  # type: ignore[arg-type]
+    assert failures == []
+    assert m.hosts[0].status == "lost" and m.hosts[1].status == OK
+    for name in "ab":
+        c = folder.candidate(name)
+        assert len(c["runs"]) == 2 and all(r["host"] == "h1" for r in c["runs"])
+    lost = [r for c in "ab" for r in folder.candidate(c).get("retries", []) if r["status"] == "host-lost"]
+    assert len(lost) == 1  # recorded, and not counted against the candidate
