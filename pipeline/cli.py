@@ -124,6 +124,8 @@ def cmd_triage(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.hosts)
     t = run_triage(cfg, args.source, _progress(args))
     print(t.first_paragraph)
+    for w in t.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     print(f"\nreport: {t.report_dir / 'index.html'}\nreply:  {t.reply} (not sent)")
     print(f"send it with: git send-email --confirm=always {t.reply}\n"
           f"          or: /usr/sbin/sendmail -t < {t.reply}")

@@ -326,7 +326,8 @@ def _load_trees(r: Reader, data: Any) -> dict[str, Tree]:
                               f"'apt-get install {tarball.name.split('.tar')[0]}'")
             trees[name] = Tree(name, tarball=tarball.resolve())
         else:
-            git = r.typed(spec["git"], f"{path}.git", str)
+            git = r.typed(spec["git"], f"{path}.git", str, lambda x: bool(x) and not x.startswith("-"),
+                          "a git URL or a path (not an option)")
             ref = r.typed(spec.get("ref", "HEAD"), f"{path}.ref", str,
                           lambda x: not x.startswith("-") and ".." not in x, "not a valid ref")
             trees[name] = Tree(name, git=git, ref=ref)

@@ -90,7 +90,7 @@ def _fetch_git(tree: Tree, store: Path, log_file: Path | None) -> tuple[str, boo
         except (gitpython.BadName, ValueError):
             pass
     try:
-        git(["fetch", "--no-tags", "--force", tree.git, f"{tree.ref}:{ref}"], store, log_file, timeout=3600)
+        git(["fetch", "--no-tags", "--force", "--", tree.git, f"{tree.ref}:{ref}"], store, log_file, timeout=3600)
     except CommandFailed as exc:
         raise UserError(f"trees.{tree.name}: cannot fetch {tree.ref!r} from {tree.git}: "
                         f"{exc.result.tail(3)}\nCheck the URL or path and the ref (branch, tag or SHA); "

@@ -6,12 +6,13 @@ import os
 import shlex
 import signal
 import subprocess
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from .errors import PipelineError
+from .errors import InfraError, PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,15 @@ class CommandResult:
 
     def tail(self, lines: int = 30) -> str:
         return "\n".join(self.output.splitlines()[-lines:])
+
+
+class CommandTimeout(InfraError):
+    """The command ran past its timeout; it and every process in its group were killed."""
+
+    def __init__(self, result: CommandResult, timeout: float):
+        self.result = result
+        super().__init__(f"command still running after {timeout:.0f} s, killed: {shlex.join(result.argv)}\n"
+                         f"{result.tail(20)}")
 
 
 class CommandFailed(PipelineError):
@@ -66,18 +76,28 @@ def run(argv: Sequence[str | os.PathLike], *, cwd: str | Path | None = None,
             proc.stdin.write(input_text)
             proc.stdin.close()
         assert proc.stdout
-        try:
-            for line in proc.stdout:
+        stdout = proc.stdout
+
+        def pump() -> None:  # a thread, so the timeout holds even while the output stays open
+            for line in stdout:
                 chunks.append(line)
                 if sink:
                     sink.write(line)
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        try:
             proc.wait(timeout=timeout)
-        except BaseException:
+            reader.join()
+        except BaseException as exc:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
             proc.wait()
+            reader.join(5)
+            if isinstance(exc, subprocess.TimeoutExpired):
+                raise CommandTimeout(CommandResult(args, -9, "".join(chunks)), timeout or 0) from None
             raise
     finally:
         if own:

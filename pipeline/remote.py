@@ -129,10 +129,12 @@ def describe(exc: BaseException) -> str:
 
 def connect(spec: HostSpec, timeout: float = 10.0) -> fabric.Connection:
     """Open an SSH connection to a pool host, verifying its host key against known_hosts."""
+    kwargs: dict[str, object] = {"look_for_keys": spec.key is None, "allow_agent": spec.key is None,
+                                 "banner_timeout": timeout, "auth_timeout": timeout}
+    if spec.key:  # without a key: the agent and ~/.ssh keys (paramiko refuses key_filename=None)
+        kwargs["key_filename"] = str(spec.key)
     conn = fabric.Connection(spec.host, port=spec.port, user=spec.user, connect_timeout=timeout,
-                             connect_kwargs={"key_filename": str(spec.key) if spec.key else None,
-                                             "look_for_keys": spec.key is None, "allow_agent": spec.key is None,
-                                             "banner_timeout": timeout, "auth_timeout": timeout})
+                             connect_kwargs=kwargs)
     conn.client.load_host_keys(str(spec.known_hosts))
     conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
     try:

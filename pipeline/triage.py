@@ -12,15 +12,18 @@ import email
 import email.policy
 import email.utils
 import mailbox
+import os
 import re
 import shutil
 import subprocess
 import tempfile
+import textwrap
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+from . import proc
 from .config import Candidate, Change, Config, Tree
 from .errors import UserError
 from .fetch import object_store
@@ -32,6 +35,10 @@ MAX_SERIES_PATCHES = 100
 _PATCH_NUM = re.compile(r"\[[^\]]*?(\d+)/(\d+)[^\]]*\]")
 _BASE_COMMIT = re.compile(r"^base-commit: ([0-9a-f]{7,40})\s*$", re.M)
 _MSGID = re.compile(r"^<?[^<>\s@]+@[^<>\s@]+>?$")
+_VERSION = re.compile(r"\[[^\]]*?\bv(\d+)\b[^\]]*\]", re.I)
+_REPLY = re.compile(r"^\s*(re|aw|sv|antw)\s*:", re.I)
+WIDTH = 72
+MAX_LINE = 900  # under SMTP's 998 bytes, with room for a multi-byte character
 
 
 @dataclass(frozen=True)
@@ -106,15 +113,22 @@ def parse_series(source: Path, workdir: Path) -> Series:
     skipped: list[str] = []
     cover: Any = None
     base_commit = None
+    versions: dict[int, int] = {}  # id(msg) -> series version (v1 when the subject names none)
+    covers: list[Any] = []
     for msg in msgs:
         subject = " ".join(str(msg.get("Subject", "")).split())
+        if _REPLY.match(subject):
+            skipped.append(subject)  # a review reply, even one that quotes or suggests a diff
+            continue
         body = _text(msg)
         m = _BASE_COMMIT.search(body)
         if m:
             base_commit = base_commit or m.group(1)
+        v = _VERSION.search(subject)
+        versions[id(msg)] = int(v.group(1)) if v else 1
         num = _PATCH_NUM.search(subject)
         if num and int(num.group(1)) == 0:
-            cover = msg
+            covers.append(msg)
             skipped.append(subject)
             continue
         if not _has_diff(body):
@@ -123,6 +137,13 @@ def parse_series(source: Path, workdir: Path) -> Series:
         patches.append((int(num.group(1)) if num else 1, msg, subject))
     if not patches:
         raise UserError(f"{source}: no patch found (no diff in any message); is this a patch email?")
+    # A thread that holds several versions of the series: the newest one is the series.
+    newest = max(versions[id(m)] for _, m, _ in patches)
+    for _, m, subj in patches:
+        if versions[id(m)] != newest:
+            skipped.append(subj)
+    patches = [p for p in patches if versions[id(p[1])] == newest]
+    cover = next((c for c in covers if versions[id(c)] == newest), None)
     patches.sort(key=lambda p: p[0])
     workdir.mkdir(parents=True, exist_ok=True)
     out = []
@@ -140,9 +161,14 @@ def parse_series(source: Path, workdir: Path) -> Series:
     msgid = str(first.get("Message-ID", "")).strip()
     return Series(subject=" ".join(str(first.get("Subject", "")).split()), message_id=msgid,
                   references=" ".join(ref_list + ([msgid] if msgid else [])), sender=str(first.get("From", "")),
-                  to=[a for _, a in email.utils.getaddresses([str(v) for v in first.get_all("To", [])])],
-                  cc=[a for _, a in email.utils.getaddresses([str(v) for v in first.get_all("Cc", [])])],
+                  to=_addresses(first, "To"), cc=_addresses(first, "Cc"),
                   patches=tuple(out), base_commit=base_commit, skipped=tuple(skipped))
+
+
+def _addresses(msg: Any, header: str) -> list[str]:
+    """The header's addresses, display names kept ("Paul E. McKenney <paulmck@kernel.org>")."""
+    pairs = email.utils.getaddresses([str(v) for v in msg.get_all(header, [])])
+    return [email.utils.formataddr((name, addr)) for name, addr in pairs if addr]
 
 
 def _slug(subject: str) -> str:
@@ -203,11 +229,48 @@ def outcome(results: dict[str, Any], analysis: dict[str, Any], cand: str, series
             f"({cpu.get('verdict')}).")
 
 
-def write_reply(series: Series, summary: str, first_paragraph: str, report_link: str, dest: Path) -> Path:
-    """reply.eml, threaded under the series (In-Reply-To/References); never sent."""
-    msg = EmailMessage(policy=email.policy.SMTP)
-    subject = series.subject if series.subject.lower().startswith("re:") else f"Re: {series.subject}"
-    msg["Subject"] = subject
+def reply_sender() -> tuple[str, str]:
+    """(From address, warning): $KPIPE_FROM, else git's user.name and user.email, else a placeholder."""
+    env = os.environ.get("KPIPE_FROM", "").strip()
+    if env:
+        return env, ""
+    # The user's own git identity (gitutil.git ignores the user's configuration on purpose).
+    name = proc.run(["git", "config", "--get", "user.name"], check=False, timeout=10).output.strip()
+    mail = proc.run(["git", "config", "--get", "user.email"], check=False, timeout=10).output.strip()
+    if mail:
+        return email.utils.formataddr((name, mail)), ""
+    return "kpipe <kpipe@localhost>", ("reply.eml is From: kpipe <kpipe@localhost>; set KPIPE_FROM (or git's "
+                                       "user.email) to your address before sending")
+
+
+def _wrap(text: str) -> str:
+    """Prose paragraphs wrapped at 72 columns; indented or preformatted lines (logs, tables) kept as they
+    are, only cut below SMTP's line limit."""
+    out: list[str] = []
+    for para in text.split("\n\n"):
+        lines = para.split("\n")
+        if len(lines) == 1 and not para.startswith((" ", "\t")) and len(para) > WIDTH:
+            out.append("\n".join(textwrap.wrap(para, WIDTH, break_on_hyphens=False, break_long_words=False)))
+        else:
+            out.append("\n".join(line if len(line.encode()) <= MAX_LINE else line[:MAX_LINE // 4] + " [...]"
+                                  for line in lines))
+    return "\n\n".join(out)
+
+
+def write_reply(series: Series, summary: str, first_paragraph: str, report_link: str, dest: Path,
+                reproduce: str = "", run_id: str = "") -> tuple[Path, list[str]]:
+    """reply.eml, threaded under the series (In-Reply-To/References), LF line endings, 72 columns; never
+    sent.  Returns the file and the warnings the user should see before sending it."""
+    warnings: list[str] = []
+    sender, why = reply_sender()
+    if why:
+        warnings.append(why)
+    if "://" not in report_link:
+        warnings.append(f"the report link is a local path ({report_link}); set report.base_url to where "
+                        f"reports/ is published")
+    msg = EmailMessage(policy=email.policy.default.clone(linesep="\n", max_line_length=MAX_LINE))
+    msg["From"] = sender
+    msg["Subject"] = series.subject if series.subject.lower().startswith("re:") else f"Re: {series.subject}"
     if series.sender:
         msg["To"] = series.sender
     cc = [a for a in series.to + series.cc if a]
@@ -218,13 +281,16 @@ def write_reply(series: Series, summary: str, first_paragraph: str, report_link:
         msg["References"] = series.references
     msg["Message-ID"] = email.utils.make_msgid(domain="kpipe.localhost")
     msg["Date"] = email.utils.formatdate(localtime=False)
-    body = f"{first_paragraph}\n\n{summary}"
+    body = _wrap(first_paragraph) + "\n\n" + summary.rstrip("\n") + "\n"
     if report_link not in summary:
         body += f"\nReport: {report_link}\n"
+    if reproduce:
+        body += "\n" + reproduce.rstrip("\n") + "\n"
+    body += f"\n-- \nkpipe{' run ' + run_id if run_id else ''}\n"
     # Plain text as lists expect it: no quoted-printable soft breaks.
     msg.set_content(body, cte="7bit" if body.isascii() else "8bit")
     dest.write_bytes(msg.as_bytes())
-    return dest
+    return dest, warnings
 
 
 def resolve_source(source: str, workdir: Path) -> Path:
@@ -242,6 +308,7 @@ class TriageResult:
     report_dir: Path
     reply: Path
     analysis: dict[str, Any]
+    warnings: tuple[str, ...] = ()
 
 
 def run_triage(cfg: Config, source: str, progress: Any = None) -> TriageResult:
@@ -266,5 +333,24 @@ def run_triage(cfg: Config, source: str, progress: Any = None) -> TriageResult:
     a = analyze(results)
     first = outcome(results, a, cand, series) + f"\n\n(The series was {note}.)"
     link = report_url(cfg.report.base_url, folder.run_id)
-    reply = write_reply(series, render_text(results, metadata, a), first, link, out / "reply.eml")
-    return TriageResult(first, out, reply, a)
+    reply, warnings = write_reply(series, render_text(results, metadata, a), first, link, out / "reply.eml",
+                                  reproduction(results, cand, series), folder.run_id)
+    return TriageResult(first, out, reply, a, tuple(warnings))
+
+
+def reproduction(results: dict[str, Any], cand: str, series: Series) -> str:
+    """How to get the same kernels: trees, commits, kernel release, and the command."""
+    lines = ["To reproduce:"]
+    for name in (results.get("baseline", ""), cand):
+        st = results.get("candidates", {}).get(name, {}).get("stages", {})
+        fetch, patch, build = st.get("fetch", {}), st.get("patch", {}), st.get("build", {})
+        if not fetch:
+            continue
+        commit = patch.get("commit") or fetch.get("commit", "")
+        lines.append(f"  {name[:40]}: {fetch.get('origin', '?')} at {str(fetch.get('commit', ''))[:12]}"
+                     + (f", patched to {str(commit)[:12]}" if commit != fetch.get("commit") else "")
+                     + (f", kernel {build['kernel_release']}" if build.get("kernel_release") else ""))
+    lines.append("  .config and every log: in the report")
+    n = len(series.patches)
+    lines.append(f"  kpipe triage <the {n} message{'s' if n != 1 else ''} as an mbox>")
+    return "\n".join(lines)

@@ -1,6 +1,7 @@
 """Mailing-list triage: series parsing, threading of the reply, hostile input; and one real run."""
 from __future__ import annotations
 
+import dataclasses
 import email
 import email.policy
 import json
@@ -48,14 +49,59 @@ def test_series_in_order_cover_letter_skipped(small_repo: Path, tmp_path: Path) 
 
 def test_reply_threads_under_the_original(small_repo: Path, tmp_path: Path) -> None:
     series = parse_series(make_mbox(small_repo, tmp_path), tmp_path / "work")
-    reply = write_reply(series, "summary text\n", "The series regresses.", "http://x/r/index.html",
-                        tmp_path / "reply.eml")
+    reply, warnings = write_reply(series, "summary text\n", "The series regresses.", "http://x/r/index.html",
+                                  tmp_path / "reply.eml", "To reproduce:\n  kpipe triage x.mbox", "run-1")
     msg = email.message_from_bytes(reply.read_bytes(), policy=email.policy.default)
     assert msg["In-Reply-To"] == series.message_id and series.message_id.startswith("<")
     assert series.message_id in msg["References"]
     assert msg["Subject"] == "Re: " + series.subject
     assert msg["To"] == series.sender and "list@example.org" in msg["Cc"]
-    assert "The series regresses." in msg.get_content() and "http://x/r/index.html" in msg.get_content()
+    assert msg["From"]  # a reply without From: is not ready to send
+    body = msg.get_content()
+    assert "The series regresses." in body and "http://x/r/index.html" in body
+    assert "kpipe triage x.mbox" in body and "\n-- \nkpipe run run-1\n" in body
+    assert b"\r\n" not in reply.read_bytes()  # LF, as git send-email and sendmail -t expect
+
+
+def test_reply_wraps_prose_keeps_names_and_warns(small_repo: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KPIPE_FROM", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no git identity
+    series = parse_series(make_mbox(small_repo, tmp_path), tmp_path / "work")
+    series = dataclasses.replace(series, cc=['"Paul E. McKenney" <paulmck@example.org>'])
+    long_para = "The series makes no significant change to the guest boot time " * 4
+    excerpt = "    " + "x" * 2000
+    reply, warnings = write_reply(series, "table\n", long_para + "\n\n" + excerpt, "reports/r1/index.html",
+                                  tmp_path / "reply.eml")
+    raw = reply.read_bytes()
+    assert all(len(line) <= 998 for line in raw.split(b"\n"))
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    first = msg.get_content().split("\n\n")[0]
+    assert all(len(line) <= 72 for line in first.splitlines()) and len(first.splitlines()) > 1
+    assert "Paul E. McKenney" in msg["Cc"]
+    assert any("KPIPE_FROM" in w for w in warnings) and any("base_url" in w for w in warnings)
+    monkeypatch.setenv("KPIPE_FROM", "Tester <t@example.org>")
+    reply, warnings = write_reply(series, "t\n", "p", "https://ci.example.org/r1/index.html", tmp_path / "r2.eml")
+    assert warnings == []
+    assert "t@example.org" in email.message_from_bytes(reply.read_bytes(), policy=email.policy.default)["From"]
+
+
+def patch_message(subject: str, msgid: str, line: int, extra_headers: str = "") -> str:
+    return (f"From kpipe Mon Sep 17 00:00:00 2001\nFrom: A <a@example.org>\nTo: list@example.org\n"
+            f"Subject: {subject}\nMessage-ID: <{msgid}@example.org>\n{extra_headers}\nBody.\n---\n"
+            f"diff --git a/kernel/rcu/srcutree.c b/kernel/rcu/srcutree.c\n--- a/kernel/rcu/srcutree.c\n"
+            f"+++ b/kernel/rcu/srcutree.c\n@@ -{line} +{line} @@\n-line {line}\n+line {line} new\n\n")
+
+
+def test_thread_with_two_versions_and_a_review_diff_gives_the_newest_series(tmp_path: Path) -> None:
+    mbox = tmp_path / "thread.mbox"
+    mbox.write_text(
+        patch_message("[PATCH 1/2] srcu: a", "v1-1", 5) + patch_message("[PATCH 2/2] srcu: b", "v1-2", 6)
+        + patch_message("Re: [PATCH 1/2] srcu: a", "review", 7, "In-Reply-To: <v1-1@example.org>\n")
+        + patch_message("[PATCH v2 1/2] srcu: a", "v2-1", 5) + patch_message("[PATCH v2 2/2] srcu: b", "v2-2", 6))
+    series = parse_series(mbox, tmp_path / "work")
+    assert [p.subject for p in series.patches] == ["[PATCH v2 1/2] srcu: a", "[PATCH v2 2/2] srcu: b"]
+    assert "Re: [PATCH 1/2] srcu: a" in series.skipped and "[PATCH 1/2] srcu: a" in series.skipped
 
 
 def test_single_patch_without_cover_letter(small_repo: Path, tmp_path: Path) -> None:
@@ -97,7 +143,7 @@ def test_header_injection_does_not_add_headers(tmp_path: Path) -> None:
     src = tmp_path / "inj.eml"
     src.write_bytes(hostile_message("=?utf-8?q?x=0D=0ABcc:_victim@example.org?= <script>", diff))
     series = parse_series(src, tmp_path / "work")
-    reply = write_reply(series, "s\n", "p", "l", tmp_path / "reply.eml")
+    reply, _ = write_reply(series, "s\n", "p", "l", tmp_path / "reply.eml")
     msg = email.message_from_bytes(reply.read_bytes(), policy=email.policy.default)
     assert msg["Bcc"] is None
 

@@ -1,0 +1,39 @@
+"""The one command wrapper: timeouts that fire even while output stays open, process groups killed."""
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_config
+from pipeline.errors import ConfigError, InfraError
+from pipeline.proc import CommandTimeout, run
+
+
+def test_timeout_fires_while_the_command_keeps_its_output_open(tmp_path: Path) -> None:
+    marker = f"sleep 30.{time.monotonic_ns() % 1000000:06d}"
+    t0 = time.monotonic()
+    with pytest.raises(CommandTimeout) as info:
+        # The shell's child keeps stdout open: a reader that waits for EOF before the timeout never returns.
+        run(["sh", "-c", f"echo started; {marker}"], timeout=1, log_file=tmp_path / "log")
+    assert time.monotonic() - t0 < 10
+    assert isinstance(info.value, InfraError) and "started" in str(info.value)
+    time.sleep(0.2)
+    assert subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode != 0  # killed, group and all
+    assert "$ sh -c" in (tmp_path / "log").read_text()
+
+
+def test_quick_command_output_and_status(tmp_path: Path) -> None:
+    res = run(["sh", "-c", "echo out; echo err >&2; exit 3"], check=False, timeout=30)
+    assert res.returncode == 3 and "out" in res.output and "err" in res.output
+
+
+def test_a_git_option_is_not_a_repository(tmp_path: Path) -> None:
+    cfg = tmp_path / "pipeline.yaml"
+    cfg.write_text('trees:\n  x:\n    git: "--upload-pack=touch pwned;"\nbaseline: b\n'
+                   "candidates:\n  - {name: b, tree: x}\n")
+    with pytest.raises(ConfigError, match="not an option") as info:
+        load_config(cfg)
+    assert info.value.path == "trees.x.git" and info.value.line == 3
