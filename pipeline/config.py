@@ -134,6 +134,7 @@ class ReportSettings:
     min_effect_pct: float = 5.0
     bootstrap_resamples: int = 2000
     compare_across_kinds: bool = False  # compare runs made on hosts of different kinds
+    reply_from: str = ""  # From: of triage replies; "" means $KPIPE_FROM, then git's user.name/user.email
 
 
 @dataclass(frozen=True)
@@ -234,6 +235,8 @@ def load_config(path: str | Path, hosts_file: str | Path | None = None) -> Confi
         "min_effect_pct": lambda v, p: r.typed(v, p, float, lambda x: x >= 0, "must be >= 0"),
         "bootstrap_resamples": lambda v, p: r.typed(v, p, int, lambda x: x >= 100, "at least 100"),
         "compare_across_kinds": lambda v, p: r.typed(v, p, bool),
+        "reply_from": lambda v, p: r.typed(v, p, str, lambda x: "@" in x and "\n" not in x and "\r" not in x,
+                                           "an address such as 'Name <name@example.org>'"),
     })
     if "dir" not in (data.get("report") or {}):
         report = dataclasses.replace(report, dir=(root / "reports").resolve())

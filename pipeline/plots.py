@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import re
+import statistics
 from typing import Any
 
 import matplotlib
@@ -12,7 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 matplotlib.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False,
                             "axes.spines.right": False, "svg.hashsalt": "kpipe"})
-COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
+          "#7f7f7f", "#393b79", "#ad494a"]
 
 
 def _svg(fig: Any) -> str:
@@ -86,7 +88,7 @@ def timeline(results: dict[str, Any], order: list[str]) -> str:
         runs = sorted(_runs(results, name), key=lambda r: r["metrics"]["boot_s"])
         if not runs:
             continue
-        run = runs[len(runs) // 2]
+        run = runs[(len(runs) - 1) // 2]  # the run at (or just below) the median
         points = run["raw"].get("timeline_ns", [])
         total = run["metrics"]["updates"]
         xs = [0.0] + [p / 1e9 for p in points if p]
@@ -110,7 +112,7 @@ def latency_percentiles(results: dict[str, Any], order: list[str]) -> str:
         meds = []
         for key, _ in keys:
             vals = sorted(r["metrics"][key] for r in runs)
-            meds.append(vals[len(vals) // 2])
+            meds.append(statistics.median(vals))
         ax.bar([k + i * width for k in range(len(keys))], meds, width=width, color=COLORS[i % len(COLORS)],
                label=_label(name))
     ax.set_yscale("log")
@@ -159,15 +161,15 @@ def swept_parameters(results: dict[str, Any], order: list[str]) -> dict[str, lis
     specs = results.get("candidate_specs", {})
     found: dict[str, list[tuple[float, str]]] = {}
     for name in order:
-        for ch in specs.get(name, {}).get("changes", []):
-            if ch.get("kind") != "cmdline":
-                continue
-            for word in str(ch.get("value", "")).split():
-                key, _, value = word.partition("=")
-                try:
-                    found.setdefault(key, []).append((float(value), name))
-                except ValueError:
-                    pass
+        changes = specs.get(name, {}).get("changes", [])
+        words = [w for ch in changes if ch.get("kind") == "cmdline" for w in str(ch.get("value", "")).split()]
+        if len(words) != 1 or len(changes) != 1:
+            continue  # a sweep point changes one parameter and nothing else
+        key, _, value = words[0].partition("=")
+        try:
+            found.setdefault(key, []).append((float(value), name))
+        except ValueError:
+            pass
     return {k: sorted(v) for k, v in found.items() if len({x for x, _ in v}) >= 2}
 
 
@@ -180,7 +182,7 @@ def sweep(results: dict[str, Any], order: list[str], param: str, points: list[tu
             vals = sorted(r["metrics"][metric] for r in _runs(results, name))
             if not vals:
                 continue
-            med = vals[len(vals) // 2]
+            med = statistics.median(vals)
             xs.append(value)
             meds.append(med)
             lo.append(med - vals[0])

@@ -108,7 +108,17 @@ def render_text(results: dict[str, Any], metadata: dict[str, Any], analysis: dic
                 f"[{_pct(cb['change_ci_low'])}, {_pct(cb['change_ci_high'])}], "
                 f"host CPU {cc['verdict']} {_pct(cc['change_pct'])} "
                 f"[{_pct(cc['change_ci_low'])}, {_pct(cc['change_ci_high'])}]")
+        det = cb.get("detectable_pct")
+        if cb["verdict"] in ("no significant change", "inconclusive") and det is not None and not math.isnan(det):
+            line += f"; these runs detect boot changes of {det:.0f}% or more"
         out.extend(textwrap.wrap(line, WIDTH, subsequent_indent="    "))
+    for r in a["rows"]:
+        for c in r.get("on_top_of", []):
+            b, cpu = c["boot_s"], c["host_cpu_s"]
+            out.extend(textwrap.wrap(
+                f"  {r['name']} vs {c['reference']} (its changes plus more): boot {b['verdict']} "
+                f"{_pct(b['change_pct'])} [{_pct(b['change_ci_low'])}, {_pct(b['change_ci_high'])}], host CPU "
+                f"{cpu['verdict']} {_pct(cpu['change_pct'])}", WIDTH, subsequent_indent="    "))
     for w in a.get("warnings", []):
         out.append("")
         para("Warning: " + w)
@@ -198,14 +208,15 @@ def _copy_logs(run_dir: Path, out_dir: Path) -> None:
         shutil.copyfile(path, dest, follow_symlinks=False)
 
 
-def render_html(results: dict[str, Any], metadata: dict[str, Any], analysis: dict[str, Any] | None = None) -> str:
+def render_html(results: dict[str, Any], metadata: dict[str, Any], analysis: dict[str, Any] | None = None,
+                reply: bool = False) -> str:
     from .plots import all_plots
 
     a = analysis or analyze(results)
     order = [r["name"] for r in a["rows"]]
     plots = all_plots(results, order) if any(r["n"] for r in a["rows"]) else {}
     return _env().get_template("run.html.j2").render(
-        results=results, metadata=metadata, a=a, plots=plots, metrics=METRICS,
+        results=results, metadata=metadata, a=a, plots=plots, metrics=METRICS, reply=reply,
         text_summary=render_text(results, metadata, a), specs=results.get("candidate_specs", {}))
 
 
@@ -225,7 +236,8 @@ def write_report(run_dir: Path, reports_dir: Path) -> Path:
             shutil.copyfile(run_dir / "metadata.json", out / "metadata.json")
     (out / "summary.txt").write_text(render_text(results, metadata, a), encoding="utf-8")
     (out / "summary.json").write_text(render_json(results, metadata, a), encoding="utf-8")
-    (out / "index.html").write_text(render_html(results, metadata, a), encoding="utf-8")
+    (out / "index.html").write_text(render_html(results, metadata, a, (out / "reply.eml").is_file()),
+                                    encoding="utf-8")
     write_index(reports_dir)
     return out
 

@@ -46,6 +46,14 @@ def selected_candidates(cfg: Config, only: list[str] | None) -> list[Candidate]:
 
 
 
+def _worth_measuring(cfg: Config, preps: list) -> bool:
+    """False when every candidate that is not only a reference (the baseline, a compare_to target) has
+    failed: measuring the references alone would answer nothing (triage of a series that does not apply)."""
+    references = {cfg.baseline} | {p.candidate.compare_to for p in preps if p.candidate.compare_to}
+    subjects = [p for p in preps if p.candidate.name not in references]
+    return not subjects or any(p.alive for p in subjects)
+
+
 def _new_folder(cfg: Config, cands: list[Candidate], run_id: str | None) -> RunFolder:
     folder = RunFolder.create(cfg.runs_dir, run_id)
     folder.update(
@@ -109,7 +117,10 @@ def run_pipeline(cfg: Config, only: list[str] | None = None, progress: Progress 
             preps = preparer.prepare_all(cands)
             preparer.record_config_differences(preps)
             folder.write_metadata(collect_metadata(cfg, accel, preparer.trees))
-            if any(p.alive for p in preps):
+            if not _worth_measuring(cfg, preps):
+                progress.say("run", "-", "no candidate besides the references can be measured: nothing to compare, "
+                                         "the references are not measured either")
+            elif any(p.alive for p in preps):
                 initramfs = build_initramfs(cfg.test_host.initramfs_recipe, cfg.cache_dir,
                                             folder.log_path("_host", "initramfs.log"))
                 vmm = build_vmm(cfg.cache_dir, folder.log_path("_host", "vmm.log"))

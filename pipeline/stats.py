@@ -11,6 +11,7 @@ from scipy import stats as sps
 
 FASTER, SLOWER, NO_CHANGE, FAILED, TOO_FEW = ("faster", "slower", "no significant change", "failed",
                                               "too few runs")
+INCONCLUSIVE = "inconclusive"  # the interval holds both "no change" and a change of the minimum effect
 # For CPU, "faster" reads wrong: lower is "less", higher is "more".
 WORDS = {"boot_s": ("faster", "slower"), "host_cpu_s": ("less CPU", "more CPU")}
 
@@ -37,6 +38,7 @@ class Comparison:
     p_value: float
     verdict: str
     test: str = "mann-whitney"
+    detectable_pct: float = math.nan  # smallest change this many runs with this noise would detect (80% power)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -98,11 +100,26 @@ def compare(candidate: Sequence[float], baseline: Sequence[float], metric: str =
         else:
             p = float(sps.ttest_ind(x, y, equal_var=False).pvalue)
         test = "welch-log" if positive else "welch"
+    detectable = detectable_change_pct(c, b, alpha)
     if p < alpha and abs(change) >= min_effect_pct:
         verdict = higher_word if change > 0 else lower_word
+    elif low <= 0 <= high and (low <= -min_effect_pct or high >= min_effect_pct):
+        verdict = INCONCLUSIVE  # the data allow both no change and a change that would matter
     else:
         verdict = NO_CHANGE
-    return Comparison(change, low, high, p, verdict, test)
+    return Comparison(change, low, high, p, verdict, test, detectable)
+
+
+def detectable_change_pct(c: np.ndarray, b: np.ndarray, alpha: float, power: float = 0.8) -> float:
+    """The smallest change (%) a two-sided test at `alpha` would find with `power`, given these run
+    counts and the spread seen on the log scale (normal approximation with t quantiles)."""
+    if len(c) < 2 or len(b) < 2 or (c <= 0).any() or (b <= 0).any():
+        return math.nan
+    lc, lb = np.log(c), np.log(b)
+    se = math.sqrt(lc.var(ddof=1) / len(lc) + lb.var(ddof=1) / len(lb))
+    dof = max(1, len(lc) + len(lb) - 2)
+    delta = (sps.t.ppf(1 - alpha / 2, dof) + sps.t.ppf(power, dof)) * se
+    return 100.0 * (math.exp(delta) - 1.0)
 
 
 def min_runs_for_significance(alpha: float) -> int:

@@ -61,6 +61,7 @@ class Series:
     patches: tuple[SeriesPatch, ...]
     base_commit: str | None
     skipped: tuple[str, ...]  # subjects of messages that were not patches (cover letter, replies)
+    date: str = ""  # of the message replied to
 
 
 def _text(msg: Any) -> str:
@@ -162,7 +163,8 @@ def parse_series(source: Path, workdir: Path) -> Series:
     return Series(subject=" ".join(str(first.get("Subject", "")).split()), message_id=msgid,
                   references=" ".join(ref_list + ([msgid] if msgid else [])), sender=str(first.get("From", "")),
                   to=_addresses(first, "To"), cc=_addresses(first, "Cc"),
-                  patches=tuple(out), base_commit=base_commit, skipped=tuple(skipped))
+                  patches=tuple(out), base_commit=base_commit, skipped=tuple(skipped),
+                  date=str(first.get("Date", "")))
 
 
 def _addresses(msg: Any, header: str) -> list[str]:
@@ -229,8 +231,11 @@ def outcome(results: dict[str, Any], analysis: dict[str, Any], cand: str, series
             f"({cpu.get('verdict')}).")
 
 
-def reply_sender() -> tuple[str, str]:
-    """(From address, warning): $KPIPE_FROM, else git's user.name and user.email, else a placeholder."""
+def reply_sender(setting: str = "") -> tuple[str, str]:
+    """(From address, warning): report.reply_from, else $KPIPE_FROM, else git's user.name and user.email,
+    else a placeholder with a warning."""
+    if setting:
+        return setting, ""
     env = os.environ.get("KPIPE_FROM", "").strip()
     if env:
         return env, ""
@@ -239,8 +244,8 @@ def reply_sender() -> tuple[str, str]:
     mail = proc.run(["git", "config", "--get", "user.email"], check=False, timeout=10).output.strip()
     if mail:
         return email.utils.formataddr((name, mail)), ""
-    return "kpipe <kpipe@localhost>", ("reply.eml is From: kpipe <kpipe@localhost>; set KPIPE_FROM (or git's "
-                                       "user.email) to your address before sending")
+    return "kpipe <kpipe@localhost>", ("reply.eml is From: kpipe <kpipe@localhost>; set report.reply_from in "
+                                       "pipeline.yaml (or KPIPE_FROM) to your address before sending")
 
 
 def _wrap(text: str) -> str:
@@ -258,11 +263,13 @@ def _wrap(text: str) -> str:
 
 
 def write_reply(series: Series, summary: str, first_paragraph: str, report_link: str, dest: Path,
-                reproduce: str = "", run_id: str = "") -> tuple[Path, list[str]]:
+                reproduce: str = "", run_id: str = "", sender_setting: str = "",
+                passed: bool = False) -> tuple[Path, list[str]]:
     """reply.eml, threaded under the series (In-Reply-To/References), LF line endings, 72 columns; never
-    sent.  Returns the file and the warnings the user should see before sending it."""
+    sent.  `passed`: the series was measured and found no regression, so a Tested-by: trailer is added.
+    Returns the file and the warnings the user should see before sending it."""
     warnings: list[str] = []
-    sender, why = reply_sender()
+    sender, why = reply_sender(sender_setting)
     if why:
         warnings.append(why)
     if "://" not in report_link:
@@ -281,11 +288,16 @@ def write_reply(series: Series, summary: str, first_paragraph: str, report_link:
         msg["References"] = series.references
     msg["Message-ID"] = email.utils.make_msgid(domain="kpipe.localhost")
     msg["Date"] = email.utils.formatdate(localtime=False)
-    body = _wrap(first_paragraph) + "\n\n" + summary.rstrip("\n") + "\n"
+    name = email.utils.parseaddr(series.sender)[0] or email.utils.parseaddr(series.sender)[1]
+    quote = f"On {series.date}, {name} wrote:" if series.date and name else (f"{name} wrote:" if name else "")
+    body = (f"{quote}\n> {series.subject}\n\n" if quote else "") + _wrap(first_paragraph) + "\n\n"
+    body += summary.rstrip("\n") + "\n"
     if report_link not in summary:
         body += f"\nReport: {report_link}\n"
     if reproduce:
         body += "\n" + reproduce.rstrip("\n") + "\n"
+    if passed:
+        body += f"\nTested-by: {sender}\n"
     body += f"\n-- \nkpipe{' run ' + run_id if run_id else ''}\n"
     # Plain text as lists expect it: no quoted-printable soft breaks.
     msg.set_content(body, cte="7bit" if body.isascii() else "8bit")
@@ -333,8 +345,11 @@ def run_triage(cfg: Config, source: str, progress: Any = None) -> TriageResult:
     a = analyze(results)
     first = outcome(results, a, cand, series) + f"\n\n(The series was {note}.)"
     link = report_url(cfg.report.base_url, folder.run_id)
+    passed = results["candidates"][cand].get("status") == "ok" and cand not in a["regressions"]
     reply, warnings = write_reply(series, render_text(results, metadata, a), first, link, out / "reply.eml",
-                                  reproduction(results, cand, series), folder.run_id)
+                                  reproduction(results, cand, series), folder.run_id, cfg.report.reply_from,
+                                  passed)
+    write_report(folder.path, cfg.report.dir)  # again, so the page links the reply
     return TriageResult(first, out, reply, a, tuple(warnings))
 
 

@@ -50,7 +50,7 @@ def test_a_candidate_that_polls_more_and_boots_slower_is_flagged() -> None:
     a = analyze(results)
     assert a["regressions"] == ["poller"]
     assert len(a["warnings"]) == 1 and "poller polls more than base" in a["warnings"][0]
-    assert "artefact" in a["warnings"][0]
+    assert "starving" in a["warnings"][0]
 
 
 def test_a_failed_reference_leaves_the_comparison_failed() -> None:
@@ -59,3 +59,22 @@ def test_a_failed_reference_leaves_the_comparison_failed() -> None:
     a = analyze(results)
     x = next(r for r in a["rows"] if r["name"] == "x")
     assert x["comparisons"]["boot_s"]["verdict"] == "failed"
+
+
+def test_a_candidate_built_on_another_is_also_compared_with_it() -> None:
+    results = _results({
+        "base": ([10.0, 10.2, 9.9, 10.1], 6.0, 1.0),
+        "regr": ([150.0, 151.0, 149.5, 150.5], 0.2, 0.1),
+        "fix-on-regr": ([10.1, 10.0, 10.3, 9.8], 6.1, 1.0),
+        "other-workload": ([150.0, 151.0, 149.0, 150.2], 0.2, 0.1),
+    }, {"regr": {"tree": "t", "changes": [{"kind": "patch", "value": "0001"}], "workload": {"cycles": 1}},
+        "fix-on-regr": {"tree": "t", "changes": [{"kind": "patch", "value": "0001"},
+                                                 {"kind": "patch", "value": "0004"}], "workload": {"cycles": 1}},
+        "other-workload": {"tree": "t", "changes": [{"kind": "patch", "value": "0001"},
+                                                    {"kind": "cmdline", "value": "x=1"}], "workload": {"cycles": 2}}})
+    rows = {r["name"]: r for r in analyze(results)["rows"]}
+    [top] = rows["fix-on-regr"]["on_top_of"]
+    assert top["reference"] == "regr" and top["boot_s"]["verdict"] == "faster"
+    assert top["boot_s"]["change_pct"] < -90
+    assert rows["other-workload"]["on_top_of"] == []  # another workload: not comparable
+    assert rows["regr"]["on_top_of"] == [] and rows["base"]["on_top_of"] == []

@@ -181,3 +181,21 @@ def test_a_lost_host_hands_its_job_to_another(tmp_path: Path) -> None:
         assert len(c["runs"]) == 2 and all(r["host"] == "h1" for r in c["runs"])
     lost = [r for c in "ab" for r in folder.candidate(c).get("retries", []) if r["status"] == "host-lost"]
     assert len(lost) == 1  # recorded, and not counted against the candidate
+
+
+def test_nothing_is_measured_when_only_references_are_left() -> None:
+    from types import SimpleNamespace
+
+    from pipeline.runner import _worth_measuring
+
+    cfg = SimpleNamespace(baseline="base")
+
+    def prep(name: str, alive: bool, compare_to: str = "") -> Prepared:
+        return Prepared(SimpleNamespace(name=name, compare_to=compare_to), alive=alive)
+
+    # Triage of a series that does not apply: measuring the baseline alone answers nothing.
+    assert not _worth_measuring(cfg, [prep("base", True), prep("series", False)])  # type: ignore[arg-type]
+    assert _worth_measuring(cfg, [prep("base", True), prep("series", True)])  # type: ignore[arg-type]
+    assert _worth_measuring(cfg, [prep("base", True)])  # type: ignore[arg-type]  # --only the baseline
+    # A control's reference is a reference too.
+    assert not _worth_measuring(cfg, [prep("base", True), prep("ref", True), prep("ctl", False, "ref")])  # type: ignore[arg-type]

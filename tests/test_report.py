@@ -108,9 +108,13 @@ def test_swept_parameter_is_found_and_plotted(real) -> None:
     r["candidate_order"].append("phase-10")
     r["candidate_specs"]["phase-10"] = {"changes": [{"kind": "cmdline",
                                                     "value": "srcutree.srcu_max_nodelay_phase=10"}]}
+    r["candidates"]["phase-1"] = copy.deepcopy(src)
+    r["candidate_order"].append("phase-1")
+    r["candidate_specs"]["phase-1"] = {"changes": [{"kind": "cmdline", "value": "srcutree.srcu_max_nodelay_phase=1"}]}
     sweeps = swept_parameters(r, r["candidate_order"])
-    assert [v for v, _ in sweeps["srcutree.srcu_max_nodelay_phase"]] == [1.0, 10.0]
-    assert "srcutree.srcu_max_nodelay" not in sweeps  # only one value given
+    # srcu-params-5.19 changes two parameters at once: not a point of either sweep.
+    assert [(v, n) for v, n in sweeps["srcutree.srcu_max_nodelay_phase"]] == [(1.0, "phase-1"), (10.0, "phase-10")]
+    assert "srcutree.srcu_max_nodelay" not in sweeps
     page = render_html(r, metadata)
     assert "Swept boot parameter srcutree.srcu_max_nodelay_phase" in page
 
@@ -159,3 +163,24 @@ def test_results_json_is_data_not_instructions(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="is not a run id"):
         write_report(run, reports)
     assert not (tmp_path / "outside").exists()
+
+
+def test_current_results_render_with_controls_tradeoff_and_on_top_comparisons(tmp_path: Path) -> None:
+    """The default evaluation's own results.json (2026-11-27): per-grace-period figures, controls with their
+    predictions, the fix-on-regression comparison, the histogram."""
+    results = json.loads((DATA / "results-v2.json").read_text())
+    metadata = json.loads((DATA / "metadata-v2.json").read_text())
+    a = analyze(results)
+    assert a["regressions"] == ["regression-282d8998"]  # controls found slower are not regressions
+    rows = {r["name"]: r for r in a["rows"]}
+    assert 12 < rows["regression-282d8998"]["summaries"]["gp_ms"]["median"] < 20
+    assert rows["regression-282d8998"]["comparisons"]["boot_s"]["test"] == "welch-log"
+    [top] = rows["kvm-srcu-nodelay-on-regression"]["on_top_of"]
+    assert top["reference"] == "regression-282d8998" and top["boot_s"]["verdict"] == "faster"
+    page = render_html(results, metadata, a)
+    for anchor in ('id="tradeoff"', 'id="controls"', 'id="on-top-of"', 'id="plot-histogram"', 'id="tcg-caveat"'):
+        assert anchor in page
+    assert "Prediction" in page
+    text = render_text(results, metadata, a)
+    assert all(len(line) <= 72 for line in text.splitlines())
+    assert "kvm-srcu-nodelay-on-regression vs regression-282d8998" in text

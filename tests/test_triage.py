@@ -61,6 +61,12 @@ def test_reply_threads_under_the_original(small_repo: Path, tmp_path: Path) -> N
     assert "The series regresses." in body and "http://x/r/index.html" in body
     assert "kpipe triage x.mbox" in body and "\n-- \nkpipe run run-1\n" in body
     assert b"\r\n" not in reply.read_bytes()  # LF, as git send-email and sendmail -t expect
+    assert f"wrote:\n> {series.subject}\n" in body  # the subject quoted, as replies do
+    assert "Tested-by:" not in body  # only when the series passed
+    reply, _ = write_reply(series, "s\n", "No change.", "http://x/", tmp_path / "ok.eml",
+                           sender_setting="Lab <lab@example.org>", passed=True)
+    msg = email.message_from_bytes(reply.read_bytes(), policy=email.policy.default)
+    assert msg["From"] == "Lab <lab@example.org>" and "\nTested-by: Lab <lab@example.org>\n" in msg.get_content()
 
 
 def test_reply_wraps_prose_keeps_names_and_warns(small_repo: Path, tmp_path: Path,

@@ -98,3 +98,13 @@ def test_saved_test_host_outputs_parse() -> None:
         m = derive_metrics(data)
         assert m["updates"] == data["params"]["cycles"] * 2
         assert m["host_cpu_s"] >= 0 and m["boot_s"] > m["update_sum_s"]
+        if data.get("version", 1) >= 2:  # per-grace-period accounting
+            cycles = data["params"]["cycles"]
+            assert m["grace_periods"] == 3 * cycles and m["jiffy_ms"] == 4.0
+            assert sum(data["hist_delete"]) == sum(data["hist_create"]) == cycles
+            assert abs(m["gp_ms"] * m["grace_periods"] / 1e3 - m["update_sum_s"]) < 1e-6
+            over = sum(n for edge, n in zip([0, *data["hist_edges_us"]], [a + b for a, b in zip(
+                data["hist_delete"], data["hist_create"], strict=True)], strict=False) if edge >= 4000)
+            assert over == m["updates_over_jiffy"]  # histogram and jiffy count agree (4 ms is a bin edge)
+    versions = {json.loads(f.read_text()).get("version", 1) for f in files}
+    assert 2 in versions, "no saved output of the current VMM"
