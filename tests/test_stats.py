@@ -19,8 +19,16 @@ def test_summary_of_small_sample() -> None:
 
 
 def test_equal_samples_are_no_change() -> None:
-    c = compare([1.0, 2.0, 3.0, 4.0, 5.0], [1.0, 2.0, 3.0, 4.0, 5.0])
+    tight = [10.0, 10.1, 9.9, 10.05, 9.95]
+    c = compare(tight, tight)
     assert c.change_pct == 0 and c.p_value == 1.0 and c.verdict == NO_CHANGE
+
+
+def test_equal_but_noisy_samples_are_inconclusive() -> None:
+    # Same values, but so spread that a 5% change cannot be ruled out: not "no change".
+    c = compare([1.0, 2.0, 3.0, 4.0, 5.0], [1.0, 2.0, 3.0, 4.0, 5.0])
+    assert c.change_pct == 0 and c.p_value == 1.0 and c.verdict == "inconclusive"
+    assert c.detectable_pct > 50
 
 
 def test_clear_slowdown() -> None:
@@ -58,9 +66,11 @@ def test_few_long_runs_still_reach_a_strict_verdict() -> None:
     assert 2000 < c.change_pct < 2200
 
 
-def test_few_runs_with_overlapping_values_are_no_change() -> None:
+def test_few_runs_with_overlapping_values_are_inconclusive() -> None:
+    # Four noisy runs a side: the interval holds both no change and a 5% change, and says so.
     c = compare([10.1, 10.5, 9.9, 10.3], [9.3, 10.2, 10.9, 10.0], "boot_s", alpha=0.01)
-    assert c.test == "welch-log" and c.p_value > 0.1 and c.verdict == NO_CHANGE
+    assert c.test == "welch-log" and c.p_value > 0.1 and c.verdict == "inconclusive"
+    assert c.change_ci_low < -5 or c.change_ci_high > 5
 
 
 def test_enough_runs_use_mann_whitney() -> None:
