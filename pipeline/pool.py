@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 OK, UNUSABLE, LOST, UNUSED = "ok", "unusable", "lost", "unused"
 
 
-class HostLost(Exception):
+class HostLost(InfraError):
     """The host stopped answering during a job; the job is handed to another host."""
 
 

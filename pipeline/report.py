@@ -35,7 +35,7 @@ def _env() -> jinja2.Environment:
     env.filters["num"] = fmt_num
     env.filters["pval"] = fmt_p
     env.filters["href"] = safe_href
-    env.filters["pct"] = lambda v: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:+.1f}%"
+    env.filters["pct"] = _pct
     return env
 
 
