@@ -16,6 +16,8 @@ import yaml
 from .errors import ConfigError
 
 MAX_YAML_BYTES = 1024 * 1024
+# The files kpipe ships beside the package (vm-templates/, patches/): found from any pipeline.yaml.
+SHIPPED = Path(__file__).resolve().parent.parent
 
 
 class Lines:
@@ -84,8 +86,14 @@ class Reader:
         return value
 
     def existing_file(self, value: Any, path: str) -> Path:
+        """A file relative to the config's folder; a relative path not found there is looked up among the
+        files kpipe ships (vm-templates/, patches/), so a pipeline.yaml kept anywhere can use them."""
         text = self.typed(value, path, str)
         resolved = (self.root / os.path.expanduser(text)).resolve()
+        if not resolved.is_file() and not os.path.isabs(os.path.expanduser(text)):
+            shipped = (SHIPPED / text).resolve()
+            if shipped.is_file() and shipped.is_relative_to(SHIPPED.resolve()):
+                return shipped
         if not resolved.is_file():
             raise self.error(path, f"{text} does not exist")
         return resolved

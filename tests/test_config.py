@@ -127,12 +127,15 @@ def test_default_config_is_valid() -> None:
     assert cfg.baseline in {c.name for c in cfg.candidates}
 
 
-def test_a_default_that_does_not_exist_names_the_key_even_when_absent_from_the_file(tmp_path: Path) -> None:
-    """test_host is not in this file, and its default template is not under tmp_path: a clear error, no line."""
+def test_a_template_found_nowhere_names_the_key_and_line(tmp_path: Path) -> None:
+    """Neither beside the config nor among the shipped files: a clear error with key and line."""
     p = tmp_path / "pipeline.yaml"
-    p.write_text("trees:\n  t: {git: /x}\nbaseline: a\ncandidates:\n  - {name: a, tree: t}\n")
-    with pytest.raises(ConfigError, match=r"^test_host.qemu_template: vm-templates/qemu/x86_64.cmd.j2 does not exist"):
+    p.write_text("trees:\n  t: {git: /x}\nbaseline: a\ncandidates:\n  - {name: a, tree: t}\n"
+                 "test_host:\n  qemu_template: vm-templates/qemu/nope.cmd.j2\n")
+    with pytest.raises(ConfigError, match=r"^test_host.qemu_template: vm-templates/qemu/nope.cmd.j2 does not exist") \
+            as info:
         load_config(p)
+    assert info.value.line == 7
 
 
 WITH_WORKLOADS = GOOD + """\
@@ -198,3 +201,20 @@ def test_yaml_alias_bomb_is_refused_before_expansion(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert "anchors and aliases" in str(info.value) and info.value.line is not None
+
+
+def test_a_config_kept_anywhere_finds_the_shipped_templates_and_patches(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parent.parent
+    cfg = tmp_path / "elsewhere" / "pipeline.yaml"
+    cfg.parent.mkdir()
+    cfg.write_text(f"trees:\n  t: {{git: {tmp_path}}}\nbaseline: b\ncandidates:\n  - {{name: b, tree: t}}\n"
+                   "  - name: r\n    tree: t\n    changes: [{patch: patches/0001-srcu-v5.19-rc1-expedited-policy-"
+                   "regression.patch}]\nkernel: {fragments: [vm-templates/kernel/kvm-host.config]}\n")
+    c = load_config(cfg)
+    assert c.test_host.qemu_template == repo / "vm-templates/qemu/x86_64.cmd.j2"
+    assert c.kernel.fragments == (repo / "vm-templates/kernel/kvm-host.config",)
+    assert c.candidate("r").changes[0].path == repo / "patches/0001-srcu-v5.19-rc1-expedited-policy-regression.patch"
+    assert c.runs_dir == cfg.parent / "runs"  # results stay beside the config
+    cfg.write_text(cfg.read_text().replace("kvm-host.config", "../../../etc/passwd"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(cfg)
