@@ -33,6 +33,17 @@ PANIC_RE = re.compile(r"(Kernel panic - not syncing|BUG: |Oops: |general protect
                       r"rcu: INFO: rcu_sched detected stalls)")
 
 
+QEMU_ERROR_RE = re.compile(r"^qemu-system-\S+: .*$", re.M)
+
+
+class QemuFailed(InfraError):
+    """QEMU itself failed (not the kernel it ran): retried as an infrastructure fault."""
+
+    def __init__(self, message: str, excerpt: str):
+        self.excerpt = excerpt
+        super().__init__(f"{message}\n{excerpt}")
+
+
 class BootFailed(PipelineError):
     """The kernel panicked or QEMU exited: not retried into a pass."""
 
@@ -130,8 +141,17 @@ def boot_test_host(executor: Executor, artifacts: BuildArtifacts, initramfs: Ini
                                  _console_excerpt(console, PANIC_RE.search(console)))
             if not proc.alive():
                 qlog = executor.read_text(executor.log_path(qemu_log))
-                raise BootFailed("boot-failed", "QEMU exited during boot",
-                                 _console_excerpt(console, lines=30) + "\n--- qemu ---\n" + qlog[-2000:])
+                excerpt = _console_excerpt(console, lines=30) + "\n--- qemu ---\n" + qlog[-2000:]
+                status = proc.terminate(grace_s=0.1)  # already gone: collects its exit status
+                if status == 0:
+                    # A clean exit under -no-reboot: the guest reset (a triple fault) or powered off.
+                    raise BootFailed("boot-failed", "the test host reset or powered off during boot "
+                                     "(QEMU exited with status 0)", excerpt)
+                # QEMU itself failed or was killed (a port taken meanwhile, a missing file, a signal): not the
+                # kernel's doing, so it is retried like any infrastructure fault.
+                qemu_error = QEMU_ERROR_RE.search(qlog)
+                raise QemuFailed(f"QEMU exited during boot (status {status})"
+                                 + (f": {qemu_error.group(0)[:200]}" if qemu_error else ""), excerpt)
             ready_seen = ready_seen or initramfs.ready_marker in console
             if ready_seen:
                 try:

@@ -104,7 +104,8 @@ class Measurer:
                     return
             except INFRA_FAULTS as exc:
                 self._host_check(pool_host, name, tag, exc)
-                self._retry(name, tag, "infra-error", f"{type(exc).__name__}: {exc}", "")
+                self._retry(name, tag, "infra-error", f"{type(exc).__name__}: {str(exc).splitlines()[0]}",
+                            getattr(exc, "excerpt", ""))
                 if attempt >= retries:
                     self._fail(prep, "run", "infra-error", f"{type(exc).__name__}: {exc}", "")
                     self.progress.step_done(time.monotonic() - t0)

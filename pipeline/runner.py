@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from .build import compiler_version
@@ -28,8 +29,18 @@ class Interrupted(BaseException):
     """SIGTERM, turned into an exception so every cleanup path runs."""
 
 
-def _sigterm(signum: int, frame: object) -> None:
-    raise Interrupted(f"signal {signum}")
+def _on_sigterm(hosts: list[PoolHost]) -> Callable[[int, object], None]:
+    """SIGTERM ends the test hosts first, then unwinds: a command running in a test host (fabric waits
+    for its output) ends with its host instead of holding the interruption up for minutes."""
+
+    def handler(signum: int, frame: object) -> None:
+        LocalExecutor.kill_now()
+        for h in list(hosts):
+            if not isinstance(h.executor, LocalExecutor):
+                h.executor.abort()  # drops the link; the tether ends QEMU there
+        raise Interrupted(f"signal {signum}")
+
+    return handler
 
 
 def selected_candidates(cfg: Config, only: list[str] | None) -> list[Candidate]:
@@ -95,11 +106,11 @@ def run_pipeline(cfg: Config, only: list[str] | None = None, progress: Progress 
         cands = selected_candidates(cfg, only)
         folder = _new_folder(cfg, cands, run_id)
     progress.say("run", "-", f"{'resuming' if resume else 'run'} {folder.run_id} in {folder.path}")
-    old_term = signal.signal(signal.SIGTERM, _sigterm)
     hosts: list[PoolHost] = []
+    old_term = signal.signal(signal.SIGTERM, _on_sigterm(hosts))
     try:
         with cache_lock(cfg.cache_dir, f"run {folder.run_id}", wait=wait_for_lock):
-            hosts = _usable_hosts(cfg, progress)
+            hosts.extend(_usable_hosts(cfg, progress))  # the same list the SIGTERM handler sees
             folder.update(hosts=[h.as_dict() for h in hosts])
             usable = [h for h in hosts if h.status == OK]
             if not usable:

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from conftest import FRAGMENT, TARBALL, qemu_pids, small_config
 
-from pipeline.boot import BootFailed, boot_test_host
+from pipeline.boot import BootFailed, QemuFailed, boot_test_host
 from pipeline.build import ConfigOptionDropped, build_kernel
 from pipeline.config import Candidate, Change, KernelConfig, Workload
+from pipeline.errors import InfraError
 from pipeline.executor import LocalExecutor
 from pipeline.fetch import checkout_worktree
 from pipeline.patch import apply_changes
@@ -106,8 +107,8 @@ def test_command_line_that_panics_ends_as_boot_failed(built_kernel, initramfs, h
     assert "Kernel panic" in info.value.excerpt
 
 
-def test_qemu_killed_during_boot_ends_as_boot_failed(built_kernel, initramfs, host_settings, accel,
-                                                     tmp_path: Path) -> None:
+def test_qemu_killed_during_boot_is_an_infrastructure_fault(built_kernel, initramfs, host_settings, accel,
+                                                            tmp_path: Path) -> None:
     pidfile = tmp_path / "killed.pid"
 
     def killer() -> None:
@@ -120,12 +121,14 @@ def test_qemu_killed_during_boot_ends_as_boot_failed(built_kernel, initramfs, ho
 
     t = threading.Thread(target=killer)
     t.start()
-    with pytest.raises(BootFailed) as info:
+    # Not the kernel's failure: retried by the runner, never reported to a patch author as "does not boot".
+    with pytest.raises(QemuFailed) as info:
         with boot_test_host(LocalExecutor(), built_kernel, initramfs, host_settings, (), tmp_path, "killed",
                             accel):
             pass
     t.join()
-    assert "QEMU exited" in str(info.value)
+    assert "QEMU exited during boot (status -9)" in str(info.value)
+    assert isinstance(info.value, InfraError) and not isinstance(info.value, BootFailed)
 
 
 def test_full_pipeline_run_with_a_failing_candidate(built_kernel, e2e_cache: Path, tmp_path: Path,
