@@ -19,7 +19,7 @@ COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e3
 
 def _svg(fig: Any) -> str:
     buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
+    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})  # same input, same page
     plt.close(fig)
     text = buf.getvalue()
     # Inline: drop the XML prolog and DOCTYPE, keep the <svg> element.
