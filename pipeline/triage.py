@@ -340,7 +340,8 @@ def run_triage(cfg: Config, source: str, progress: Any = None) -> TriageResult:
     progress.say("triage", cand, f"{len(series.patches)} patch(es), {note}"
                  + (f"; skipped {len(series.skipped)} non-patch message(s)" if series.skipped else ""))
     folder = run_pipeline(tcfg, None, progress)
-    out = write_report(folder.path, cfg.report.dir)
+    out = cfg.report.dir / folder.run_id  # where write_report puts the page; the reply goes beside it
+    out.mkdir(parents=True, exist_ok=True)
     results, metadata = load_run(folder.path)
     a = analyze(results)
     first = outcome(results, a, cand, series) + f"\n\n(The series was {note}.)"
@@ -349,7 +350,7 @@ def run_triage(cfg: Config, source: str, progress: Any = None) -> TriageResult:
     reply, warnings = write_reply(series, render_text(results, metadata, a), first, link, out / "reply.eml",
                                   reproduction(results, cand, series), folder.run_id, cfg.report.reply_from,
                                   passed)
-    write_report(folder.path, cfg.report.dir)  # again, so the page links the reply
+    write_report(folder.path, cfg.report.dir)  # after the reply, so the page links it
     return TriageResult(first, out, reply, a, tuple(warnings))
 
 
