@@ -13,7 +13,7 @@ SUDO=""
 packages=(
   git make gcc libc6-dev flex bison bc cpio xz-utils kmod libelf-dev libssl-dev ccache
   qemu-system-x86 busybox-static dropbear-bin openssh-sftp-server openssh-client
-  linux-source-6.1 python3 python3-venv python3-pip
+  linux-source-6.1 python3 python3-venv python3-pip bubblewrap util-linux
 )
 # Tests also start real sshd and distccd daemons on 127.0.0.1 as pool hosts.
 [ "$with_tests" = 1 ] && packages+=(chromium chromium-driver openssh-server distcc)
@@ -26,6 +26,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# Builds of patches run confined (bubblewrap) as this unprivileged user when kpipe runs as root.
+if ! getent passwd kpipe-build >/dev/null; then
+  echo "setup: adding the system user kpipe-build (confined kernel builds)"
+  $SUDO useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin kpipe-build
 fi
 
 if [ ! -x .venv/bin/python ]; then

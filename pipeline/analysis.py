@@ -5,7 +5,10 @@ import math
 from collections import Counter
 from typing import Any
 
+from .results import IDENTICAL
 from .stats import FAILED, SLOWER, compare, summarize
+
+IDENTICAL_VERDICT = "binary-identical"
 
 METRICS = {
     "boot_s": ("guest boot time", "s"),
@@ -74,7 +77,10 @@ def analyze(results: dict[str, Any]) -> dict[str, Any]:
         for m in COMPARED:
             if name == baseline:
                 continue
-            if not ok or not base_runs:
+            if c.get("status") == IDENTICAL:
+                comparisons[m] = {"change_pct": 0.0, "change_ci_low": 0.0, "change_ci_high": 0.0,
+                                  "p_value": math.nan, "verdict": IDENTICAL_VERDICT}
+            elif not ok or not base_runs:
                 comparisons[m] = {"change_pct": math.nan, "change_ci_low": math.nan, "change_ci_high": math.nan,
                                   "p_value": math.nan, "verdict": FAILED}
             else:
@@ -100,7 +106,7 @@ def analyze(results: dict[str, Any]) -> dict[str, Any]:
         r["on_top_of"] = _on_top_comparisons(r, cands, specs, usable, alpha, min_effect, resamples)
     regressions = [r["name"] for r in rows if r["comparisons"].get("boot_s", {}).get("verdict") == SLOWER
                    and r["role"] != "control"]
-    failed = [r["name"] for r in rows if r["status"] not in ("ok", "pending")]
+    failed = [r["name"] for r in rows if r["status"] not in ("ok", "pending", IDENTICAL)]
     warnings = _artefact_warnings(rows)
     return {"baseline": baseline, "rows": rows, "regressions": regressions, "failed": failed,
             "reference_kind": ref_kind, "hosts": results.get("hosts", []), "warnings": warnings,
@@ -159,7 +165,9 @@ def _headline(rows: list[dict[str, Any]], baseline: str) -> str:
         if r["is_baseline"]:
             continue
         comp = r["comparisons"].get("boot_s", {})
-        if comp.get("verdict") == FAILED:
+        if r["status"] == IDENTICAL:
+            parts.append(f"{r['name']}: binary-identical to {r['compare_to']} (not measured)")
+        elif comp.get("verdict") == FAILED:
             parts.append(f"{r['name']}: {r['status']}")
         elif comp.get("verdict") in (None, "too few runs"):
             parts.append(f"{r['name']}: too few runs")

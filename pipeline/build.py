@@ -1,8 +1,21 @@
-"""build: configure and build a candidate's kernel, out of tree, cached by content.
+"""build: configure and build a candidate's kernel, incrementally in place, cached by content.
 
-The build directory is `<worktree>/build`, so kbuild sees the source tree as
-`..` and ccache hits across candidates' worktrees. Artifacts are cached under
-`<cache>/builds/<key>/`, where the key covers everything that decides them.
+Candidates on the same tree and kernel config share one build slot,
+`<cache>/slots/<id>/`: a checkout of the object store (`src/`) with the build
+directory inside it (`src/build`, so kbuild sees the source as `..`). Switching
+the slot to a candidate's commit rewrites only the files that differ, so make
+recompiles only what depends on them. A build that fails or is interrupted
+leaves a mark and the next build in that slot starts from an empty build
+directory (ccache makes that cheap), so a broken series never poisons the
+next. The build settings are reproducible (timestamp, user, host, version),
+so a kernel built in place is byte for byte the one a clean build gives.
+
+Artifacts are cached under `<cache>/builds/<key>/`, where the key covers
+everything that decides them: a candidate whose source tree, config and
+compiler were built before needs no checkout at all.
+
+Builds run confined (pipeline.sandbox) unless the config says the patches
+are trusted.
 """
 from __future__ import annotations
 
@@ -14,22 +27,26 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from .config import KernelConfig
 from .errors import InfraError, UserError
+from .fetch import sha256_file
 from .gitutil import git
 from .patch import PatchedTree
-from .proc import run
+from .proc import CommandResult, CommandTimeout, run
+from .sandbox import BUILD_USER, INSIDE_CCACHE, INSIDE_SRC, Sandbox, forget_owner
 
-BUILD_LAYOUT_VERSION = "1"
+BUILD_LAYOUT_VERSION = "2"  # 2: shared in-place slots, reproducible version, sandbox paths
 MIN_FREE_BYTES = 3 * 1024**3  # a tinyconfig build dir is ~170 MB; sources and ccache need the rest
 _OPTION_RE = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$|^# (CONFIG_[A-Za-z0-9_]+) is not set$")
 _ERROR_RE = re.compile(r"(error:|Error \d+|undefined reference|\*\*\*)")
 
 
 class BuildFailed(UserError):
-    def __init__(self, message: str, excerpt: str):
+    def __init__(self, message: str, excerpt: str, status: str = "build-failed"):
         self.excerpt = excerpt
+        self.status = status  # build-failed, or build-timeout when it ran past kernel.build_timeout_s
         super().__init__(f"{message}\n{excerpt}")
 
 
@@ -49,11 +66,15 @@ class BuildArtifacts:
     warnings: int
     cached: bool
     log: Path
+    image_sha256: str = ""
+    sandboxed: bool = False
+    in_place: bool = False  # built incrementally in a slot that held another commit
 
     def as_dict(self) -> dict:
         return {"key": self.key, "dir": str(self.dir), "bzimage": str(self.bzimage),
                 "kernel_release": self.kernel_release, "seconds": round(self.seconds, 2),
-                "warnings": self.warnings, "cached": self.cached, "log": str(self.log)}
+                "warnings": self.warnings, "cached": self.cached, "log": str(self.log),
+                "image_sha256": self.image_sha256, "sandboxed": self.sandboxed, "in_place": self.in_place}
 
 
 def config_differences(base_config: Path, config: Path) -> list[str]:
@@ -123,18 +144,20 @@ def _check_disk(path: Path) -> None:
                          f"{MIN_FREE_BYTES / 1024**3:.0f} GiB (free space or move the cache with KPIPE_CACHE_DIR)")
 
 
-def compile_env(cache_dir: Path, worktree: Path, local_jobs: int,
+def compile_env(cache_dir: Path, src: Path, local_jobs: int,
                 distcc_hosts: tuple[str, ...] = ()) -> tuple[dict[str, str], list[str], int]:
-    """Environment, make arguments and -j for compiling in `worktree`: ccache always (when installed),
-    distcc behind it when pool hosts offer it (ccache hits never leave this machine)."""
+    """Environment, make arguments and -j for compiling the source at `src` (as the build sees it):
+    ccache always (when installed), distcc behind it when pool hosts offer it (ccache hits never
+    leave this machine). Reproducible: fixed timestamp, user, host and build number."""
     env = {
         "CCACHE_DIR": str(cache_dir / "ccache"),
-        "CCACHE_BASEDIR": str(worktree),
+        "CCACHE_BASEDIR": str(src),
         "CCACHE_NOHASHDIR": "1",
         "CCACHE_MAXSIZE": "5G",
         "KBUILD_BUILD_TIMESTAMP": "2000-01-01",
         "KBUILD_BUILD_USER": "kpipe",
         "KBUILD_BUILD_HOST": "kpipe",
+        "KBUILD_BUILD_VERSION": "1",
         "LC_ALL": "C",
     }
     have_ccache = shutil.which("ccache") is not None
@@ -154,48 +177,129 @@ def compile_env(cache_dir: Path, worktree: Path, local_jobs: int,
     return env, [f"CC={cc}", "HOSTCC=gcc"], max(1, jobs)
 
 
+def slot_path(cache_dir: Path, tree_name: str, kernel: KernelConfig, fragments: tuple[Path, ...]) -> Path:
+    """The build slot shared by every candidate of this tree and config."""
+    h = hashlib.sha256()
+    for part in (BUILD_LAYOUT_VERSION, tree_name, kernel.base):
+        h.update(part.encode() + b"\0")
+    for frag in fragments:
+        h.update(frag.read_bytes() + b"\0")
+    return cache_dir / "slots" / h.hexdigest()[:16]
+
+
+def checkout_slot(slot: Path, store: Path, commit: str, log_file: Path | None = None) -> tuple[Path, bool]:
+    """Point the slot's source at `commit`, rewriting only the files that differ (make then rebuilds
+    only what depends on them). Returns the source path and whether it held another commit."""
+    src = slot / "src"
+    if (src / ".git").is_file():
+        previous = git(["rev-parse", "HEAD"], src, check=False).output.strip()
+        git(["checkout", "--quiet", "--force", "--detach", commit], src, log_file)
+        git(["clean", "-ffdqx", "-e", "/build/"], src, log_file)
+        return src, previous != commit
+    if src.exists():
+        shutil.rmtree(src)
+    git(["worktree", "prune"], store, log_file)
+    slot.mkdir(parents=True, exist_ok=True)
+    git(["worktree", "add", "--quiet", "--force", "--detach", str(src), commit], store, log_file)
+    return src, False
+
+
+def cached_artifacts(cache_dir: Path, key: str) -> BuildArtifacts | None:
+    out = cache_dir / "builds" / key[:20]
+    meta_path = out / "meta.json"
+    if not meta_path.exists():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return None  # a torn entry from an old crash: built again
+    return BuildArtifacts(key, out, out / "bzImage", out / "config", out / "System.map", meta["kernel_release"],
+                          meta["seconds"], meta["warnings"], True, out / "build.log",
+                          meta.get("image_sha256", ""), meta.get("sandboxed", False), meta.get("in_place", False))
+
+
 def build_kernel(patched: PatchedTree, kernel: KernelConfig, base_fragments: tuple[Path, ...],
-                 cache_dir: Path, log_file: Path, distcc_hosts: tuple[str, ...] = ()) -> BuildArtifacts:
+                 cache_dir: Path, log_file: Path, distcc_hosts: tuple[str, ...] = (), *,
+                 sandbox: bool | None = None, reuse: bool = True, clean: bool = False) -> BuildArtifacts:
     """Build (or reuse) the kernel for a patched tree. Raises BuildFailed with the error lines.
 
     distcc_hosts ("HOST:PORT/JOBS") spread compiles over the pool; they do not
     change the artifact key, since the same compiler version is required there.
+    `sandbox` defaults to kernel.sandbox; distcc needs the network, so it is
+    used only for unconfined builds. `reuse=False` builds even when the
+    artifacts are cached; `clean=True` empties the slot's build directory first.
     """
-    wt = patched.worktree.path
+    confined = kernel.sandbox if sandbox is None else sandbox
     fragments = base_fragments + patched.config_fragments
-    tree_id = git(["rev-parse", "HEAD^{tree}"], wt).output.strip()
+    store = patched.tree.store
+    tree_id = git(["rev-parse", f"{patched.commit}^{{tree}}"], store).output.strip()
     key = build_key(tree_id, kernel, fragments, compiler_version())
-    out = cache_dir / "builds" / key[:20]
-    meta_path = out / "meta.json"
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        return BuildArtifacts(key, out, out / "bzImage", out / "config", out / "System.map",
-                              meta["kernel_release"], meta["seconds"], meta["warnings"], True, out / "build.log")
+    hit = cached_artifacts(cache_dir, key) if reuse else None
+    if hit:
+        return hit
     _check_disk(cache_dir)
     start = time.monotonic()
+    slot = slot_path(cache_dir, patched.tree.name, kernel, fragments)
+    wt, switched = checkout_slot(slot, store, patched.commit, None)
     bdir = wt / "build"
+    mark = slot / "building"  # present while a build runs: a crash or failure leaves it behind
+    if clean or mark.exists():
+        shutil.rmtree(bdir, ignore_errors=True)
+        switched = False
     bdir.mkdir(exist_ok=True)
-    env, cc_args, jobs = compile_env(cache_dir, wt, kernel.make_jobs or os.cpu_count() or 1, distcc_hosts)
-    make = ["make", "-C", str(wt), "O=build", f"-j{jobs}", *cc_args]
+    mark.write_text(f"{patched.commit}\n")
+    box = Sandbox(wt, bdir, cache_dir / "ccache") if confined else None
+    inside = INSIDE_SRC if box else wt
+    if box:
+        box.prepare()
+        distcc_hosts = ()
+    else:
+        (cache_dir / "ccache").mkdir(parents=True, exist_ok=True)
+        forget_owner(bdir, cache_dir / "ccache")
+    env, cc_args, jobs = compile_env(cache_dir, inside, kernel.make_jobs or os.cpu_count() or 1, distcc_hosts)
+    if box:
+        env["CCACHE_DIR"] = str(INSIDE_CCACHE)
+    make = ["make", "-C", str(inside), "O=build", f"-j{jobs}", *cc_args]
+    deadline = time.monotonic() + kernel.build_timeout_s
     log_file.parent.mkdir(parents=True, exist_ok=True)
+
+    def step(argv: list[str], logf: IO[str]) -> CommandResult:
+        left = deadline - time.monotonic()
+        try:
+            if left <= 0:
+                raise CommandTimeout(CommandResult(argv, -9, ""), kernel.build_timeout_s)
+            argv_run = box.wrap(argv, env) if box else argv
+            return run(argv_run, cwd=wt, env=None if box else env, log_file=logf, check=False, timeout=left)
+        except CommandTimeout as exc:
+            raise BuildFailed(f"kernel build still running after kernel.build_timeout_s = "
+                              f"{kernel.build_timeout_s} s; stopped", exc.result.tail(20), "build-timeout") from None
+
     with open(log_file, "a", encoding="utf-8") as logf:
+        if box:
+            logf.write("# confined: bubblewrap, no network, read-only except build/ and ccache, "
+                       f"as {'user ' + BUILD_USER if os.geteuid() == 0 else 'this user'}\n")
         steps = [make + [kernel.base]]
-        steps.append([str(wt / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(bdir),
-                      str(bdir / ".config"), *map(str, fragments)])
+        steps.append([str(inside / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(inside / "build"),
+                      str(inside / "build/.config"), *map(str, _fragment_paths(fragments, box, bdir))])
         steps.append(make + ["olddefconfig"])
         for argv in steps:
-            res = run(argv, cwd=wt, env=env, log_file=logf, check=False)
+            res = step(argv, logf)
             if res.returncode != 0:
                 raise BuildFailed("kernel config step failed", res.tail(20))
         final = parse_config((bdir / ".config").read_text())
         check_config(wt, final, fragments)
-        res = run(make + ["bzImage"], cwd=wt, env=env, log_file=logf, check=False)
+        res = step(make + ["bzImage"], logf)
         if res.returncode != 0:
             errors = [line for line in res.output.splitlines() if _ERROR_RE.search(line)]
             raise BuildFailed("kernel build failed", "\n".join(errors[-25:]) or res.tail(25))
         warnings = sum(1 for line in res.output.splitlines() if "warning:" in line)
-        release = run(make + ["-s", "kernelrelease"], cwd=wt, env=env).output.strip().splitlines()[-1]
+        res = step(make + ["-s", "kernelrelease"], logf)
+        if res.returncode != 0:
+            raise BuildFailed("make kernelrelease failed", res.tail(10))
+        release = res.output.strip().splitlines()[-1]
+    mark.unlink()
     seconds = time.monotonic() - start
+    out = cache_dir / "builds" / key[:20]
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -203,9 +307,27 @@ def build_kernel(patched: PatchedTree, kernel: KernelConfig, base_fragments: tup
     shutil.copy2(bdir / ".config", tmp / "config")
     shutil.copy2(bdir / "System.map", tmp / "System.map")
     shutil.copy2(log_file, tmp / "build.log")
+    digest = sha256_file(tmp / "bzImage")
     (tmp / "meta.json").write_text(json.dumps({"kernel_release": release, "seconds": seconds,
-                                               "warnings": warnings, "tree_id": tree_id}))
+                                               "warnings": warnings, "tree_id": tree_id, "image_sha256": digest,
+                                               "sandboxed": bool(box), "in_place": switched}))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return BuildArtifacts(key, out, out / "bzImage", out / "config", out / "System.map", release, seconds,
-                          warnings, False, out / "build.log")
+                          warnings, False, out / "build.log", digest, bool(box), switched)
+
+
+def _fragment_paths(fragments: tuple[Path, ...], box: Sandbox | None, bdir: Path) -> list[Path]:
+    """Config fragments as the build sees them: copied into the build directory when confined
+    (the sandbox shows nothing of this machine's files it does not need)."""
+    if not box:
+        return list(fragments)
+    dest = bdir / ".kpipe-fragments"
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir()
+    out = []
+    for i, frag in enumerate(fragments):
+        copy = dest / f"{i:02d}-{frag.name}"
+        shutil.copyfile(frag, copy)
+        out.append(INSIDE_SRC / "build" / ".kpipe-fragments" / copy.name)
+    return out

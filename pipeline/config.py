@@ -79,6 +79,8 @@ class KernelConfig:
     base: str = "tinyconfig"
     fragments: tuple[Path, ...] = ()
     make_jobs: int = 0  # 0: number of CPUs
+    sandbox: bool = True  # build confined (bubblewrap); `triage` always does
+    build_timeout_s: int = 3600
 
 
 @dataclass(frozen=True)
@@ -179,7 +181,9 @@ def load_config(path: str | Path, hosts_file: str | Path | None = None) -> Confi
                                      "one of tinyconfig, defconfig, allnoconfig"),
         "fragments": lambda v, p: tuple(r.existing_file(f, f"{p}[{i}]")
                                         for i, f in enumerate(r.typed(v, p, list))),
-        "make_jobs": non_negative(r),
+        "make_jobs": lambda v, p: r.typed(v, p, int, lambda x: 0 <= x <= 256, "0 (all CPUs) to 256"),
+        "sandbox": lambda v, p: r.typed(v, p, bool),
+        "build_timeout_s": lambda v, p: r.typed(v, p, int, lambda x: 60 <= x <= 86400, "60 to 86400"),
     })
     host_data = r.mapping(data.get("test_host"), "test_host",
                           ("qemu_template", "initramfs_recipe", "cpus", "memory_mb", "accelerator",

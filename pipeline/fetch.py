@@ -1,4 +1,4 @@
-"""fetch: kernel trees into one shared git object store, one worktree per candidate.
+"""fetch: kernel trees into one shared git object store (checked out only by the build slots).
 
 A tree is a git URL or local path plus a ref, or a source tarball (Debian's
 linux-source) imported into git once, deterministically: the same tarball
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
 import tarfile
 import tempfile
 import time
@@ -19,7 +18,7 @@ import git as gitpython
 
 from .config import Tree
 from .errors import UserError
-from .gitutil import git, head
+from .gitutil import git
 from .proc import CommandFailed, run
 
 log = logging.getLogger(__name__)
@@ -35,14 +34,6 @@ class FetchedTree:
     origin: str  # URL, path or tarball, for the report
     seconds: float
     reused: bool
-
-
-@dataclass(frozen=True)
-class Worktree:
-    candidate: str
-    path: Path
-    base_commit: str
-    tree: FetchedTree
 
 
 def object_store(cache_dir: Path) -> Path:
@@ -137,27 +128,3 @@ def _extract(tarball: Path, dest: Path) -> Path:
     if len(tops) == 1 and first and tops[0].name == first:
         return tops[0]
     return dest
-
-
-def checkout_worktree(fetched: FetchedTree, candidate: str, cache_dir: Path,
-                      log_file: Path | None = None) -> Worktree:
-    """Give `candidate` its own worktree at the tree's commit, reusing its previous one.
-
-    The build directory lives inside the worktree (`build/`): kept across runs so
-    ccache and make see the same relative paths.
-    """
-    path = cache_dir / "worktrees" / candidate
-    if (path / ".git").exists():
-        git(["am", "--abort"], path, log_file, check=False)
-        git(["revert", "--abort"], path, log_file, check=False)
-        git(["checkout", "--force", "--detach", fetched.commit], path, log_file)
-        git(["clean", "-ffdqx", "-e", "/build/"], path, log_file)
-    else:
-        if path.exists():
-            shutil.rmtree(path)
-        git(["worktree", "prune"], fetched.store, log_file)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        git(["worktree", "add", "--force", "--detach", str(path), fetched.commit], fetched.store, log_file)
-    assert head(path) == fetched.commit
-    return Worktree(candidate, path, fetched.commit, fetched)
-

@@ -22,12 +22,14 @@ GIT_ENV = {
 
 
 def git(args: Sequence[str], cwd: Path, log_file: Path | None = None, check: bool = True,
-        env: dict[str, str] | None = None, timeout: float | None = None) -> proc.CommandResult:
+        env: dict[str, str] | None = None, timeout: float | None = None,
+        input_text: str | None = None, stdin_file: Path | None = None) -> proc.CommandResult:
     merged = dict(GIT_ENV)
     if env:
         merged.update(env)
     return proc.run(["git", "-c", "gc.auto=0", "-c", "core.hooksPath=/dev/null", *args], cwd=cwd,
-                    env=merged, log_file=log_file, check=check, timeout=timeout)
+                    env=merged, log_file=log_file, check=check, timeout=timeout,
+                    input_text=input_text, stdin_file=stdin_file)
 
 
 def head(worktree: Path) -> str:

@@ -1,28 +1,37 @@
-"""patch: apply a candidate's ordered changes to its worktree.
+"""patch: apply a candidate's ordered changes as commits in the object store, without a checkout.
 
-Patches are untrusted (they may come from a mailing list): every path in a
-diff is checked before git sees it, git runs without the user's config, and
-nothing from a patch is passed to a shell.
+Patches are untrusted (they may come from a mailing list). They are applied
+with git plumbing into a private index (mailsplit, mailinfo, apply --cached,
+commit-tree): no worktree is written, so a one-file series costs well under a
+second however large the tree. Every path a diff names is checked before git
+sees it, and the resulting change set is checked again as git sees it (no
+symlinks, no submodules, nothing under .git), whatever the mail's encoding was.
+git runs without the user's config, and nothing from a patch reaches a shell.
 """
 from __future__ import annotations
 
 import re
+import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from .config import Candidate, Change
 from .errors import UserError
-from .fetch import Worktree
-from .gitutil import git, head
+from .fetch import IMPORT_DATE, FetchedTree
+from .gitutil import git
+from .proc import CommandResult
 
 MAX_PATCH_BYTES = 20 * 1024 * 1024
 
 _DIFF_PATH_LINES = re.compile(
     r"^(?:diff --git (?P<a>\S+) (?P<b>\S+)|--- (?P<old>\S+)|\+\+\+ (?P<new>\S+)|"
     r"(?:rename|copy) (?:from|to) (?P<rn>.+))$", re.M)
-_SYMLINK_MODE = re.compile(r"^(?:new file mode|new mode|old mode|deleted file mode) 120000$", re.M)
+_SYMLINK_MODE = re.compile(r"^(?:new file mode|new mode|old mode|deleted file mode) 1[26]0000$", re.M)
+_INDEX_SPECIAL_MODE = re.compile(r"^index [0-9a-f]+\.\.[0-9a-f]+ 1[26]0000$", re.M)
 _FAILED_AT = re.compile(r"(?:error: patch failed: (\S+):(\d+))|(?:error: (\S+): does not exist in index)"
                         r"|(?:Patch failed at \d+ (.+))")
+_SPECIAL_MODES = {"120000": "a symlink", "160000": "a submodule"}
 
 
 class PatchFailed(UserError):
@@ -56,14 +65,21 @@ class AppliedChange:
 
 @dataclass(frozen=True)
 class PatchedTree:
-    worktree: Worktree
+    """A candidate's source: a commit in the shared object store (nothing checked out)."""
+
+    tree: FetchedTree
     commit: str
     applied: tuple[AppliedChange, ...]
     config_fragments: tuple[Path, ...]
     cmdline: tuple[str, ...]
+    seconds: float = 0.0
+
+    @property
+    def base_commit(self) -> str:
+        return self.tree.commit
 
     def as_dict(self) -> dict:
-        return {"base_commit": self.worktree.base_commit, "commit": self.commit,
+        return {"base_commit": self.base_commit, "commit": self.commit,
                 "changes": [a.as_dict() for a in self.applied],
                 "config_fragments": [str(p) for p in self.config_fragments],
                 "cmdline": list(self.cmdline)}
@@ -88,11 +104,11 @@ def diff_paths(text: str) -> list[str]:
 
 def check_patch_paths(text: str, source: str) -> None:
     """Refuse a patch with absolute paths, '..', .git paths or symlinks."""
-    if _SYMLINK_MODE.search(text):
+    if _SYMLINK_MODE.search(text) or _INDEX_SPECIAL_MODE.search(text):
         raise UnsafePatch(f"{source}: creates or changes a symlink; refused (symlinks could point out of the tree)")
     for p in diff_paths(text):
         parts = PurePosixPath(p).parts
-        if p.startswith("/") or ".." in parts or (parts and parts[0] == ".git") or "\\" in p:
+        if p.startswith("/") or ".." in parts or any(_is_git_dir(x) for x in parts) or "\\" in p:
             raise UnsafePatch(f"{source}: path {p!r} is outside the tree; refused")
 
 
@@ -118,19 +134,78 @@ def check_changes(candidate: Candidate) -> None:
             check_patch_paths(read_patch(change.path), change.value)
 
 
-def apply_changes(candidate: Candidate, worktree: Worktree, log_file: Path | None = None) -> PatchedTree:
-    """Apply `candidate`'s changes in order; raise PatchFailed on the first that does not apply."""
+def _is_git_dir(part: str) -> bool:
+    """'.git' as any path component, in any case and with the trailing dots or spaces some
+    filesystems drop."""
+    return part.rstrip(". ").lower() == ".git"
+
+
+def check_change_set(store: Path, base: str, commit: str, source: str) -> None:
+    """The tree's changes as git sees them after applying: refuse symlinks and submodules (added,
+    retargeted or removed) and any path with a .git component. This holds whatever encoding the
+    patch came in (a base64 MIME body is only decoded by git)."""
+    out = git(["diff-tree", "-r", "-z", "--no-renames", "--raw", base, commit], store).output
+    fields = out.split("\0")
+    for meta, path in zip(fields[0::2], fields[1::2], strict=False):
+        if not meta.startswith(":"):
+            continue
+        old_mode, new_mode = meta[1:].split(" ", 2)[:2]
+        for mode in (old_mode, new_mode):
+            if mode in _SPECIAL_MODES:
+                raise UnsafePatch(f"{source}: {path!r} is {_SPECIAL_MODES[mode]} after applying; refused "
+                                  "(it could point out of the tree)")
+        if any(_is_git_dir(x) for x in PurePosixPath(path).parts) or path.startswith("/"):
+            raise UnsafePatch(f"{source}: path {path!r} is outside the tree; refused")
+
+
+class _Stage:
+    """A private index over the object store: changes are applied to it and written as commits."""
+
+    def __init__(self, store: Path, tmp: Path, commit: str, log_file: Path | None):
+        self.store, self.tmp, self.commit, self.log = store, tmp, commit, log_file
+        self.env = {"GIT_DIR": str(store), "GIT_INDEX_FILE": str(tmp / "index"),
+                    "GIT_COMMITTER_DATE": IMPORT_DATE}  # same patches, same commit
+        self.git(["read-tree", commit])
+
+    def git(self, args: list[str], check: bool = True, env: dict[str, str] | None = None,
+            input_text: str | None = None, stdin_file: Path | None = None) -> CommandResult:
+        return git(args, self.tmp, self.log, check=check, env={**self.env, **(env or {})}, input_text=input_text,
+                   stdin_file=stdin_file)
+
+    def apply(self, patch: Path, reverse: bool = False) -> tuple[bool, str]:
+        args = ["apply", "--cached", "--verbose", *(["-R"] if reverse else []), str(patch)]
+        res = self.git(args, check=False)
+        if res.returncode != 0:
+            self.git(["read-tree", self.commit])  # back to the last good state
+        return res.returncode == 0, res.output
+
+    def commit_staged(self, message: str, author: dict[str, str] | None = None) -> str:
+        tree = self.git(["write-tree"]).output.strip()
+        res = self.git(["commit-tree", tree, "-p", self.commit], env=author, input_text=message)
+        self.commit = res.output.strip()
+        return self.commit
+
+
+def apply_changes(candidate: Candidate, fetched: FetchedTree, log_file: Path | None = None) -> PatchedTree:
+    """Apply `candidate`'s changes in order on the tree's commit; raise PatchFailed on the first that
+    does not apply, UnsafePatch on one that reaches out of the tree."""
+    t0 = time.monotonic()
     check_changes(candidate)
     applied = []
-    for change in candidate.changes:
-        if change.kind == "patch":
-            applied.append(_apply_patch(change, worktree.path, log_file))
-        elif change.kind == "revert":
-            applied.append(_revert(change, worktree.path, log_file))
-        else:
-            applied.append(AppliedChange(change.kind, change.value))
-    return PatchedTree(worktree, head(worktree.path), tuple(applied), candidate.config_fragments,
-                       candidate.cmdline)
+    with tempfile.TemporaryDirectory(prefix="kpipe-patch-") as tmp:
+        stage = _Stage(fetched.store, Path(tmp), fetched.commit, log_file)
+        for change in candidate.changes:
+            before = stage.commit
+            if change.kind == "patch":
+                applied.append(_apply_patch(change, stage))
+            elif change.kind == "revert":
+                applied.append(_revert(change, stage))
+            else:
+                applied.append(AppliedChange(change.kind, change.value))
+                continue
+            check_change_set(fetched.store, before, stage.commit, change.value)
+    return PatchedTree(fetched, stage.commit, tuple(applied), candidate.config_fragments, candidate.cmdline,
+                       time.monotonic() - t0)
 
 
 def _failure_location(output: str) -> str:
@@ -144,38 +219,79 @@ def _failure_location(output: str) -> str:
     return ""
 
 
-def _apply_patch(change: Change, wt: Path, log_file: Path | None) -> AppliedChange:
+def _tail(text: str, lines: int = 15) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _mailinfo(stage: _Stage, mail: Path) -> tuple[dict[str, str], str, Path]:
+    """Author, commit message and diff of one mail, the way `git am` reads them."""
+    msg, diff = mail.with_suffix(".msg"), mail.with_suffix(".diff")
+    info = stage.git(["mailinfo", "-u", str(msg), str(diff)], stdin_file=mail).output
+    head_fields = {}
+    for line in info.splitlines():
+        key, _, value = line.partition(": ")
+        head_fields[key] = value.strip()
+    subject = head_fields.get("Subject", "").strip() or mail.name
+    body = msg.read_text(errors="replace").strip()
+    author = {"GIT_AUTHOR_NAME": head_fields.get("Author") or "unknown",
+              "GIT_AUTHOR_EMAIL": head_fields.get("Email") or "unknown@unknown"}
+    if head_fields.get("Date"):
+        author["GIT_AUTHOR_DATE"] = head_fields["Date"]
+    return author, subject + ("\n\n" + body if body else "") + "\n", diff
+
+
+def _apply_patch(change: Change, stage: _Stage) -> AppliedChange:
     assert change.path
     text = read_patch(change.path)
-    before = head(wt)
-    if is_mbox(text):
-        res = git(["am", "--no-3way", "--keep-cr", str(change.path)], wt, log_file, check=False)
-        if res.returncode != 0:
-            git(["am", "--abort"], wt, log_file, check=False)
-            raise PatchFailed(change, res.tail(15), _failure_location(res.output))
-    else:
-        res = git(["apply", "--index", "--verbose", str(change.path)], wt, log_file, check=False)
-        if res.returncode != 0:
-            git(["reset", "--hard", "-q"], wt, log_file, check=False)
-            raise PatchFailed(change, res.tail(15), _failure_location(res.output))
-        subject = f"Apply {change.path.name}"
-        git(["commit", "-q", "--no-verify", "-m", subject], wt, log_file)
-    log_lines = git(["log", "--reverse", "--format=%H%x00%an <%ae>%x00%s", f"{before}..HEAD"], wt).output
     result = AppliedChange(change.kind, change.value)
-    for line in log_lines.splitlines():
-        sha, author, subject = line.split("\x00", 2)
-        result.commits.append(sha)
-        result.authors.append(author)
+    if is_mbox(text):
+        mails = stage.tmp / "mails"
+        mails.mkdir(exist_ok=True)
+        for old in mails.iterdir():
+            old.unlink()
+        # -b: a single mail without a leading "From " line is one message, as for git am.
+        res = stage.git(["mailsplit", "-b", "--keep-cr", f"-o{mails}", "--", str(change.path)], check=False)
+        if res.returncode != 0:
+            raise PatchFailed(change, f"not a readable mailbox: {_tail(res.output, 3)}")
+        for n, mail in enumerate(sorted(p for p in mails.iterdir() if p.suffix == ""), 1):
+            author, message, diff = _mailinfo(stage, mail)
+            subject = message.splitlines()[0]
+            if not diff.read_text(errors="replace").strip():
+                raise PatchFailed(change, f"Patch is empty: {subject}", f"{n:04d} {subject}")
+            ok, output = stage.apply(diff)
+            if not ok:
+                raise PatchFailed(change, _tail(output) + f"\nPatch failed at {n:04d} {subject}",
+                                  _failure_location(output) or f"{n:04d} {subject}")
+            result.commits.append(stage.commit_staged(message, author))
+            result.authors.append(f"{author['GIT_AUTHOR_NAME']} <{author['GIT_AUTHOR_EMAIL']}>")
+            result.subjects.append(subject)
+        if not result.commits:
+            raise PatchFailed(change, "no patch found in the mailbox")
+    else:
+        ok, output = stage.apply(change.path)
+        if not ok:
+            raise PatchFailed(change, _tail(output), _failure_location(output))
+        subject = f"Apply {change.path.name}"
+        result.commits.append(stage.commit_staged(subject + "\n"))
+        result.authors.append("kpipe <kpipe@localhost>")
         result.subjects.append(subject)
     return result
 
 
-def _revert(change: Change, wt: Path, log_file: Path | None) -> AppliedChange:
-    res = git(["revert", "--no-edit", change.value], wt, log_file, check=False)
+def _revert(change: Change, stage: _Stage) -> AppliedChange:
+    res = stage.git(["rev-parse", "--verify", "--quiet", "--end-of-options", f"{change.value}^{{commit}}"],
+                    check=False)
     if res.returncode != 0:
-        git(["revert", "--abort"], wt, log_file, check=False)
-        raise PatchFailed(change, res.tail(15), _failure_location(res.output))
-    sha = head(wt)
-    subject = git(["log", "-1", "--format=%s", sha], wt).output.strip()
-    return AppliedChange(change.kind, change.value, [subject], ["kpipe <kpipe@localhost>"], [sha])
-
+        raise PatchFailed(change, f"no commit {change.value!r} in the tree")
+    sha = res.output.strip()
+    parents = stage.git(["rev-list", "--parents", "-n1", sha]).output.split()[1:]
+    if len(parents) != 1:
+        raise PatchFailed(change, f"{sha[:12]} has {len(parents)} parents; only a commit with one can be reverted")
+    subject = stage.git(["log", "-1", "--format=%s", sha]).output.strip()
+    diff = stage.tmp / "revert.diff"
+    diff.write_text(stage.git(["diff-tree", "-p", "--binary", "--full-index", parents[0], sha]).output)
+    ok, output = stage.apply(diff, reverse=True)
+    if not ok:
+        raise PatchFailed(change, _tail(output), _failure_location(output))
+    commit = stage.commit_staged(f'Revert "{subject}"\n\nThis reverts commit {sha}.\n')
+    return AppliedChange(change.kind, change.value, [f'Revert "{subject}"'], ["kpipe <kpipe@localhost>"], [commit])

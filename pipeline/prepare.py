@@ -8,11 +8,12 @@ import time
 from .build import BuildFailed, build_kernel, config_differences
 from .config import Candidate, Config
 from .errors import UserError
-from .fetch import FetchedTree, checkout_worktree, fetch_tree
+from .fetch import FetchedTree, fetch_tree
 from .measure import Prepared
 from .patch import PatchFailed, UnsafePatch, apply_changes, check_changes
 from .progress import Progress
 from .results import PASS, RunFolder
+from .sandbox import SandboxUnavailable
 
 
 class Preparer:
@@ -42,7 +43,27 @@ class Preparer:
             preps.append(prep)
             if prep.alive:
                 done[key] = prep
+                self._check_identical(prep, preps)
         return preps
+
+    def _check_identical(self, prep: Prepared, preps: list[Prepared]) -> None:
+        """A kernel image, command line and workload identical to its reference's cannot measure
+        differently: say so and do not measure it (a comment-only series answered in seconds)."""
+        cand = prep.candidate
+        if cand.name == self.cfg.baseline or prep.artifacts is None or not prep.artifacts.image_sha256:
+            return
+        ref_name = cand.compare_to or self.cfg.baseline
+        ref = next((p for p in preps if p.candidate.name == ref_name and p.alive and p.artifacts), None)
+        if ref is None or ref.artifacts is None or ref.artifacts.image_sha256 != prep.artifacts.image_sha256:
+            return
+        if cand.cmdline != ref.candidate.cmdline or self.cfg.workload_of(cand) != self.cfg.workload_of(ref.candidate):
+            return
+        prep.alive = False
+        detail = (f"binary-identical to {ref_name}: the same kernel image (sha256 {prep.artifacts.image_sha256[:16]}), "
+                  f"command line and workload, so it cannot change the measurement; not measured")
+        self.folder.set_status(cand.name, "identical", detail)
+        self.folder.update_candidate(cand.name, identical_to=ref_name)
+        self.progress.say("build", cand.name, detail)
 
     def _share(self, cand: Candidate, twin: Prepared) -> Prepared:
         assert twin.patched and twin.artifacts
@@ -79,19 +100,21 @@ class Preparer:
             self.folder.record_stage(name, "fetch", {"status": PASS, "tree": cand.tree, "origin": fetched.origin,
                                                      "commit": fetched.commit, "reused": fetched.reused,
                                                      "seconds": round(fetched.seconds, 2)})
-            wt = checkout_worktree(fetched, name, self.cfg.cache_dir, log_file)
         except UserError as exc:
             self.fail(prep, "fetch", "infra-error", str(exc), str(exc))
             return prep
         try:
-            prep.patched = apply_changes(cand, wt, log_file)
+            prep.patched = apply_changes(cand, fetched, log_file)
+        except UnsafePatch as exc:
+            self.fail(prep, "patch", "patch-failed", str(exc), str(exc), {"log": self.folder.relative(log_file)})
+            return prep
         except PatchFailed as exc:
             self.fail(prep, "patch", "patch-failed", str(exc), exc.git_message,
                        {"location": exc.location, "change": f"{exc.change.kind}: {exc.change.value}",
                         "log": self.folder.relative(log_file)})
             return prep
         self.folder.record_stage(name, "patch", {"status": PASS, "seconds": round(time.monotonic() - t0, 2),
-                                                 "worktree": str(wt.path), "log": self.folder.relative(log_file),
+                                                 "log": self.folder.relative(log_file),
                                                  **prep.patched.as_dict()})
         self.progress.say("patch", name, f"{len(cand.changes)} change(s) -> {prep.patched.commit[:12]}")
         build_log = self.folder.log_path(name, "build.log")
@@ -99,8 +122,11 @@ class Preparer:
         try:
             prep.artifacts = build_kernel(prep.patched, self.cfg.kernel, self.cfg.kernel.fragments,
                                           self.cfg.cache_dir, build_log, self.distcc)
+        except SandboxUnavailable as exc:
+            self.fail(prep, "build", "infra-error", str(exc), str(exc))
+            return prep
         except BuildFailed as exc:
-            self.fail(prep, "build", "build-failed", str(exc).splitlines()[0], exc.excerpt,
+            self.fail(prep, "build", exc.status, str(exc).splitlines()[0], exc.excerpt,
                        {"log": self.folder.relative(build_log)})
             return prep
         art = prep.artifacts
@@ -108,8 +134,9 @@ class Preparer:
             shutil.copy2(art.log, build_log)
         self.folder.record_stage(name, "build", {"status": PASS, **art.as_dict(),
                                                  "log": self.folder.relative(build_log)})
-        self.progress.say("build", name, f"{art.kernel_release}: "
-                          f"{'cached' if art.cached else f'built in {art.seconds:.0f} s'}, {art.warnings} warnings")
+        how = "cached" if art.cached else f"built {'in place ' if art.in_place else ''}in {art.seconds:.0f} s"
+        self.progress.say("build", name, f"{art.kernel_release}: {how}{', confined' if art.sandboxed else ''}, "
+                          f"{art.warnings} warnings")
         return prep
 
 

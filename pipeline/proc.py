@@ -45,10 +45,12 @@ class CommandFailed(PipelineError):
 
 def run(argv: Sequence[str | os.PathLike], *, cwd: str | Path | None = None,
         env: Mapping[str, str] | None = None, log_file: Path | IO[str] | None = None,
-        check: bool = True, timeout: float | None = None, input_text: str | None = None) -> CommandResult:
+        check: bool = True, timeout: float | None = None, input_text: str | None = None,
+        stdin_file: Path | None = None) -> CommandResult:
     """Run argv (never through a shell), stream its output to log_file, return the result.
 
-    stdin is closed unless input_text is given; env entries are added to os.environ.
+    stdin is closed unless input_text (or stdin_file, read as bytes) is given; env entries are added
+    to os.environ.
     """
     args = [str(a) for a in argv]
     full_env = dict(os.environ)
@@ -68,9 +70,13 @@ def run(argv: Sequence[str | os.PathLike], *, cwd: str | Path | None = None,
             sink.write(f"$ {shlex.join(args)}\n")
             sink.flush()
         # Own process group, so an interruption can stop make and every compiler under it.
-        proc = subprocess.Popen(args, cwd=cwd, env=full_env, text=True, errors="replace",
-                                stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
+        stdin: IO[bytes] | int = subprocess.PIPE if input_text is not None else subprocess.DEVNULL
+        if stdin_file is not None:
+            stdin = open(stdin_file, "rb")  # noqa: SIM115 (closed below, once the child has it)
+        proc = subprocess.Popen(args, cwd=cwd, env=full_env, text=True, errors="replace", stdin=stdin,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        if not isinstance(stdin, int):
+            stdin.close()
         if input_text is not None:
             assert proc.stdin
             proc.stdin.write(input_text)

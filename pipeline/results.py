@@ -25,8 +25,10 @@ class StageStatus(StrEnum):
 PASS, FAIL, SKIP = StageStatus.PASS.value, StageStatus.FAIL.value, StageStatus.SKIP.value
 STAGES = ("fetch", "patch", "build", "boot", "run")
 # Candidate statuses, in pipeline order of the stage that sets them.
-CANDIDATE_STATUSES = ("pending", "ok", "patch-failed", "build-failed", "boot-failed", "boot-timeout",
-                      "workload-failed", "infra-error")
+CANDIDATE_STATUSES = ("pending", "ok", "identical", "patch-failed", "build-failed", "build-timeout",
+                      "boot-failed", "boot-timeout", "workload-failed", "infra-error")
+# Not measured, and not a failure: its kernel, command line and workload are its reference's.
+IDENTICAL = "identical"
 
 
 @dataclass(frozen=True)

@@ -200,7 +200,9 @@ def triage_config(cfg: Config, series: Series) -> tuple[Config, str]:
         name += "-1"
     cand = Candidate(name, tree_name, tuple(Change("patch", p.path.name, p.path) for p in series.patches),
                      description=series.subject)
-    return dataclasses.replace(cfg, trees=trees, candidates=(base, cand)), note
+    # Code from a mailing list: its build always runs confined, whatever the config says.
+    kernel = dataclasses.replace(cfg.kernel, sandbox=True)
+    return dataclasses.replace(cfg, trees=trees, candidates=(base, cand), kernel=kernel), note
 
 
 def outcome(results: dict[str, Any], analysis: dict[str, Any], cand: str, series: Series) -> str:
@@ -215,6 +217,12 @@ def outcome(results: dict[str, Any], analysis: dict[str, Any], cand: str, series
         num = next((p for p in series.patches if which.endswith(p.path.name)), None)
         label = f"patch {num.number} ({num.subject})" if num else which
         return f"The series does not apply: {label} fails at {where}.\n\n{failed.get('excerpt', '')[-1500:]}"
+    if status == "identical":
+        return ("The kernel built with the series is byte-for-byte the baseline's, with the same command line "
+                "and workload: this series cannot change the measurement, so it was not measured.")
+    if status == "build-timeout":
+        return ("The kernel build with the series did not finish within its time limit and was stopped:\n\n"
+                + st.get("build", {}).get("excerpt", "")[-2000:])
     if status == "build-failed":
         return "The series applies but the kernel does not build:\n\n" + st.get("build", {}).get("excerpt", "")[-2000:]
     if status in ("boot-failed", "boot-timeout"):

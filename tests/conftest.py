@@ -11,7 +11,7 @@ from pipeline.boot import boot_test_host
 from pipeline.build import build_kernel
 from pipeline.config import Candidate, KernelConfig, TestHost, Tree
 from pipeline.executor import LocalExecutor
-from pipeline.fetch import checkout_worktree, fetch_tree
+from pipeline.fetch import fetch_tree
 from pipeline.initramfs import build_initramfs
 from pipeline.machines import choose_accelerator
 from pipeline.patch import apply_changes
@@ -70,11 +70,12 @@ def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     return home
 
 
-def git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:
+def git(cwd: Path, *args: str, env: dict[str, str] | None = None, input: str | None = None) -> str:
     full = {**os.environ, "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1",
             "GIT_AUTHOR_NAME": "Test Author", "GIT_AUTHOR_EMAIL": "author@example.org",
             "GIT_COMMITTER_NAME": "Test Author", "GIT_COMMITTER_EMAIL": "author@example.org", **(env or {})}
-    return subprocess.run(["git", *args], cwd=cwd, env=full, check=True, capture_output=True, text=True).stdout
+    return subprocess.run(["git", *args], cwd=cwd, env=full, check=True, capture_output=True, text=True,
+                          input=input).stdout
 
 
 @pytest.fixture
@@ -114,8 +115,7 @@ def fetched(e2e_cache: Path):
 
 @pytest.fixture(scope="session")
 def built_kernel(fetched, e2e_cache: Path, tmp_path_factory: pytest.TempPathFactory):
-    wt = checkout_worktree(fetched, "e2e-baseline", e2e_cache)
-    patched = apply_changes(Candidate("e2e-baseline", "debian-6.1"), wt)
+    patched = apply_changes(Candidate("e2e-baseline", "debian-6.1"), fetched)
     log = tmp_path_factory.mktemp("build") / "build.log"
     return build_kernel(patched, KernelConfig(), (FRAGMENT,), e2e_cache, log)
 

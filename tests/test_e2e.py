@@ -17,7 +17,6 @@ from pipeline.build import ConfigOptionDropped, build_kernel
 from pipeline.config import Candidate, Change, KernelConfig, Workload
 from pipeline.errors import InfraError
 from pipeline.executor import LocalExecutor
-from pipeline.fetch import checkout_worktree
 from pipeline.patch import apply_changes
 from pipeline.workload import build_vmm, install_vmm, run_workload
 
@@ -89,8 +88,7 @@ def test_fault_reader_and_shared_placement_run(test_host, e2e_cache: Path) -> No
 def test_dropped_config_option_fails_with_its_dependency(fetched, e2e_cache: Path, tmp_path: Path) -> None:
     frag = tmp_path / "needs-ext4.config"
     frag.write_text("CONFIG_EXT4_FS_SECURITY=y\n")
-    wt = checkout_worktree(fetched, "e2e-config-fault", e2e_cache)
-    patched = apply_changes(Candidate("e2e-config-fault", "debian-6.1", (Change("config", str(frag), frag),)), wt)
+    patched = apply_changes(Candidate("e2e-config-fault", "debian-6.1", (Change("config", str(frag), frag),)), fetched)
     with pytest.raises(ConfigOptionDropped) as info:
         build_kernel(patched, KernelConfig(), (FRAGMENT,), e2e_cache, tmp_path / "build.log")
     assert "CONFIG_EXT4_FS_SECURITY=y" in info.value.excerpt
