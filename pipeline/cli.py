@@ -9,6 +9,7 @@ import argparse
 import functools
 import http.server
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -96,9 +97,26 @@ def cmd_report(args: argparse.Namespace) -> int:
     return exitcodes.for_analysis(analyze(results))
 
 
+class _ReportHandler(http.server.SimpleHTTPRequestHandler):
+    """Files under the served folder only: no directory listings, nothing reached through a symlink
+    that leads out of the folder."""
+
+    def list_directory(self, path: str | os.PathLike[str]) -> None:  # type: ignore[override]
+        self.send_error(404, "no listing")
+        return None
+
+    def translate_path(self, path: str) -> str:
+        local = super().translate_path(path)
+        root = os.path.realpath(self.directory)
+        real = os.path.realpath(local)
+        if real != root and not real.startswith(root + os.sep):
+            return os.path.join(root, ".kpipe-not-served")  # a path that does not exist: 404
+        return local
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     directory = Path(args.directory).resolve()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+    handler = functools.partial(_ReportHandler, directory=str(directory))
     with http.server.ThreadingHTTPServer(("127.0.0.1", args.port), handler) as httpd:
         print(f"serving {directory} on http://127.0.0.1:{httpd.server_address[1]}/ (Ctrl-C stops)")
         try:

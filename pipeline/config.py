@@ -15,7 +15,7 @@ from typing import Any
 
 from .hostspec import LOCAL_HOST, NAME_RE, HostSpec, hosts_from_yaml, load_hosts  # noqa: F401  (HostSpec, LOCAL_HOST: re-exported)
 from .machines import CHOICES as ACCELERATORS
-from .yamlreader import Reader, non_negative, positive, read_yaml
+from .yamlreader import Reader, read_yaml
 
 CMDLINE_PARAM_RE = re.compile(r"^[A-Za-z0-9_.\-]+(=[A-Za-z0-9_.,:/\-]*)?$")
 CHANGE_KINDS = ("patch", "revert", "config", "cmdline")
@@ -197,15 +197,17 @@ def load_config(path: str | Path, hosts_file: str | Path | None = None) -> Confi
         "memory_mb": lambda v, p: r.typed(v, p, int, lambda x: 256 <= x <= 16384, "256 to 16384"),
         "accelerator": lambda v, p: r.typed(v, p, str, lambda x: x in ACCELERATORS,
                                             f"valid accelerators: {', '.join(ACCELERATORS)}"),
-        "cmdline": lambda v, p: r.typed(v, p, str),
-        "boot_timeout_s": positive(r),
+        "cmdline": lambda v, p: r.typed(v, p, str, lambda x: all(CMDLINE_PARAM_RE.match(w) for w in x.split())
+                                        and x.isprintable() and len(x) <= 1024,
+                                        "kernel parameters (name or name=value) on one line"),
+        "boot_timeout_s": lambda v, p: r.typed(v, p, int, lambda x: 10 <= x <= 3600, "10 to 3600"),
     })
     reps = r.settings(data.get("repetitions"), "repetitions", Repetitions, {
-        "warmup": non_negative(r),
-        "counted": lambda v, p: r.typed(v, p, int, lambda x: x >= 2, "at least 2 for statistics"),
-        "max_counted": positive(r),
-        "target_ci_pct": lambda v, p: r.typed(v, p, float, lambda x: x >= 0, "must be >= 0"),
-        "retries": non_negative(r),
+        "warmup": lambda v, p: r.typed(v, p, int, lambda x: 0 <= x <= 100, "0 to 100"),
+        "counted": lambda v, p: r.typed(v, p, int, lambda x: 2 <= x <= 1000, "2 (for statistics) to 1000"),
+        "max_counted": lambda v, p: r.typed(v, p, int, lambda x: 1 <= x <= 1000, "1 to 1000"),
+        "target_ci_pct": lambda v, p: r.typed(v, p, float, lambda x: 0 <= x <= 1000, "0 to 1000"),
+        "retries": lambda v, p: r.typed(v, p, int, lambda x: 0 <= x <= 10, "0 to 10"),
     })
     if reps.max_counted < reps.counted:
         reps = Repetitions(reps.warmup, reps.counted, reps.counted, reps.target_ci_pct, reps.retries)
@@ -213,8 +215,8 @@ def load_config(path: str | Path, hosts_file: str | Path | None = None) -> Confi
         "dir": lambda v, p: (root / r.typed(v, p, str)).resolve(),
         "base_url": lambda v, p: r.typed(v, p, str),
         "alpha": lambda v, p: r.typed(v, p, float, lambda x: 0 < x < 1, "between 0 and 1"),
-        "min_effect_pct": lambda v, p: r.typed(v, p, float, lambda x: x >= 0, "must be >= 0"),
-        "bootstrap_resamples": lambda v, p: r.typed(v, p, int, lambda x: x >= 100, "at least 100"),
+        "min_effect_pct": lambda v, p: r.typed(v, p, float, lambda x: 0 <= x <= 1000, "0 to 1000"),
+        "bootstrap_resamples": lambda v, p: r.typed(v, p, int, lambda x: 100 <= x <= 100000, "100 to 100000"),
         "compare_across_kinds": lambda v, p: r.typed(v, p, bool),
         "reply_from": lambda v, p: r.typed(v, p, str, lambda x: "@" in x and "\n" not in x and "\r" not in x,
                                            "an address such as 'Name <name@example.org>'"),
@@ -267,12 +269,12 @@ def _load_workload(r: Reader, data: Any, path: str, base: Workload) -> Workload:
             raise r.error(f"{path}.pin", "give either placement or the older pin, not both")
         data["placement"] = "apart" if pin else "free"
     converters: dict[str, Callable[[Any, str], Any]] = {
-        "cycles": positive(r),
+        "cycles": lambda v, p: r.typed(v, p, int, lambda x: 1 <= x <= 1000000, "1 to 1000000"),
         "static_slots": lambda v, p: r.typed(v, p, int, lambda x: 0 <= x <= 32000, "0 to 32000"),
         "spinners": lambda v, p: r.typed(v, p, int, lambda x: 0 <= x <= 16, "0 to 16"),
         "spin_mode": lambda v, p: r.typed(v, p, str, lambda x: x in SPIN_MODES, "one of " + ", ".join(SPIN_MODES)),
         "placement": lambda v, p: r.typed(v, p, str, lambda x: x in PLACEMENTS, "one of " + ", ".join(PLACEMENTS)),
-        "timeout_s": positive(r),
+        "timeout_s": lambda v, p: r.typed(v, p, int, lambda x: 1 <= x <= 86400, "1 to 86400"),
     }
     mapping = r.mapping(data, path, (*converters, "pin"))
     return dataclasses.replace(base, **{k: converters[k](v, f"{path}.{k}") for k, v in mapping.items()})
@@ -312,8 +314,8 @@ def _load_candidates(r: Reader, data: Any, trees: dict[str, Tree],
                 params = value if isinstance(value, list) else [value]
                 for k, p in enumerate(params):
                     r.typed(p, f"{vpath}[{k}]" if isinstance(value, list) else vpath, str,
-                            lambda x: all(CMDLINE_PARAM_RE.match(w) for w in x.split()),
-                            "kernel parameters are name or name=value")
+                            lambda x: all(CMDLINE_PARAM_RE.match(w) for w in x.split()) and x.isprintable(),
+                            "kernel parameters are name or name=value, on one line")
                 changes.append(Change(kind, " ".join(params)))
         own_workload = (_load_workload(r, item["workload"], f"{path}.workload", workload)
                         if "workload" in item else None)

@@ -1,6 +1,7 @@
 """doctor: the tools and files a run needs, each missing one with the command that installs it."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ TOOLS = {  # command -> Debian package (setup.sh installs the same list)
     "ccache": "ccache", "flex": "flex", "bison": "bison", "bc": "bc", "cpio": "cpio", "busybox": "busybox-static",
     "dropbear": "dropbear-bin", "dropbearkey": "dropbear-bin", "ssh-keygen": "openssh-client",
     "/usr/lib/openssh/sftp-server": "openssh-sftp-server", "xz": "xz-utils", "ldd": "libc-bin",
+    "bwrap": "bubblewrap", "setpriv": "util-linux", "prlimit": "util-linux",
 }
 HEADERS = {"/usr/include/libelf.h": "libelf-dev", "/usr/include/openssl/ssl.h": "libssl-dev"}
 
@@ -38,6 +40,18 @@ def doctor(cfg_path: str, hosts_file: str | None = None, check_hosts: bool = Fal
         cfg = load_config(cfg_path, hosts_file)
     except ConfigError as exc:
         return fine, problems + [str(exc)]
+    import tempfile
+
+    from .sandbox import self_check
+
+    with tempfile.TemporaryDirectory(prefix="kpipe-doctor-") as tmp:
+        os.chmod(tmp, 0o755)
+        wrong = self_check(Path(tmp))
+    if wrong:
+        problems.append(f"confined builds: {wrong} (triage refuses to build without a working sandbox; "
+                        "kernel.sandbox: false is only for patches you trust)")
+    else:
+        fine.append("confined builds: bubblewrap works (unprivileged, no network, read-only outside build/)")
     if check_hosts:
         from .pool import OK, check_pool
 

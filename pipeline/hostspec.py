@@ -78,6 +78,9 @@ def hosts_from_yaml(r: Reader, data: Any) -> tuple[HostSpec, ...]:
             kw["user"] = r.typed(m["user"], f"{p}.user", str, lambda x: bool(NAME_RE.match(x)), "a user name")
         if "key" in m:
             kw["key"] = r.existing_file(m["key"], f"{p}.key")
+            if kw["key"].stat().st_mode & 0o077:
+                raise r.error(f"{p}.key", f"{m['key']} can be read by other users; ssh refuses such a key too "
+                              f"(chmod 600 {m['key']})")
         if not local:
             kw["known_hosts"] = (r.existing_file(m["known_hosts"], f"{p}.known_hosts") if "known_hosts" in m
                                  else Path(os.path.expanduser("~/.ssh/known_hosts")))

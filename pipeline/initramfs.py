@@ -46,10 +46,20 @@ def ensure_keys(cache_dir: Path) -> SshKeys:
     os.chmod(keydir, 0o700)
     client = keydir / "client_ed25519"
     host = keydir / "host_ed25519.dropbear"
-    if not client.exists():
-        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "kpipe-client", "-f", client])
-    if not host.exists():
-        run(["dropbearkey", "-t", "ed25519", "-f", host])
+    # A key is made in a scratch folder and renamed into place, public half first: a run killed while
+    # making one leaves no half-written key, and a key that does not load is made again.
+    loads = client.with_suffix(".pub").exists() and run(["ssh-keygen", "-y", "-f", client], check=False).returncode == 0
+    if not loads:
+        with tempfile.TemporaryDirectory(dir=keydir) as tmp:
+            new = Path(tmp) / client.name
+            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "kpipe-client", "-f", new])
+            os.replace(new.with_suffix(".pub"), client.with_suffix(".pub"))
+            os.replace(new, client)
+    if run(["dropbearkey", "-y", "-f", host], check=False).returncode != 0:
+        with tempfile.TemporaryDirectory(dir=keydir) as tmp:
+            new = Path(tmp) / host.name
+            run(["dropbearkey", "-t", "ed25519", "-f", new])
+            os.replace(new, host)
     os.chmod(client, 0o600)
     os.chmod(host, 0o600)
     host_pub = next(line for line in run(["dropbearkey", "-y", "-f", host]).output.splitlines()

@@ -105,7 +105,8 @@ def diff_paths(text: str) -> list[str]:
 def check_patch_paths(text: str, source: str) -> None:
     """Refuse a patch with absolute paths, '..', .git paths or symlinks."""
     if _SYMLINK_MODE.search(text) or _INDEX_SPECIAL_MODE.search(text):
-        raise UnsafePatch(f"{source}: creates or changes a symlink; refused (symlinks could point out of the tree)")
+        raise UnsafePatch(f"{source}: creates or changes a symlink or submodule; refused (either could point out "
+                          "of the tree)")
     for p in diff_paths(text):
         parts = PurePosixPath(p).parts
         if p.startswith("/") or ".." in parts or any(_is_git_dir(x) for x in parts) or "\\" in p:

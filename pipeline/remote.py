@@ -19,6 +19,7 @@ import logging
 import os
 import random
 import shlex
+import stat
 import subprocess
 import threading
 import time
@@ -73,7 +74,11 @@ exit $rc
 
 # $1 = work directory. One key=value per line; parsed by parse_probe().
 PROBE = r"""wd=$1
-mkdir -p "$wd" 2>/dev/null || echo "error=cannot create $wd"
+(umask 077; mkdir -p "$wd") 2>/dev/null || echo "error=cannot create $wd"
+[ -L "$wd" ] && echo "error=$wd is a symlink; give workdir a real directory"
+[ -O "$wd" ] || echo "error=$wd belongs to another user; give this host its own workdir"
+[ -n "$(find "$wd" -maxdepth 0 -perm /022 2>/dev/null)" ] &&
+  echo "error=$wd can be written by other users (chmod 700 it)"
 echo "machine=$(uname -m)"
 echo "kernel=$(uname -r)"
 echo "boot_id=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)"
@@ -285,7 +290,8 @@ class RemoteExecutor:
         sftp = self.open().sftp()
         size = local.stat().st_size
         try:
-            if sftp.stat(remote).st_size == size:
+            st = sftp.lstat(remote)
+            if stat.S_ISREG(st.st_mode or 0) and st.st_size == size and self._remote_sha256(remote) == digest:
                 self._uploaded.add(remote)
                 return remote
         except OSError:
@@ -297,6 +303,10 @@ class RemoteExecutor:
         log.info("%s: uploaded %s (%d bytes) in %.1f s", self.name, local.name, size, time.monotonic() - t0)
         self._uploaded.add(remote)
         return remote
+
+    def _remote_sha256(self, remote: str) -> str:
+        res = self.run(["sha256sum", "--", remote], timeout=120)
+        return res.stdout.split()[0] if res.ok and res.stdout.strip() else ""
 
     def log_path(self, local: Path) -> str:
         """Where a log that belongs at `local` is written there (collected back afterwards)."""
@@ -310,6 +320,8 @@ class RemoteExecutor:
         try:
             sftp = self.open().sftp()
             local.parent.mkdir(parents=True, exist_ok=True)
+            if not stat.S_ISREG(sftp.lstat(remote).st_mode or 0):
+                raise InfraError(f"{remote} is not a regular file; not collected")
             sftp.get(remote, str(local))
             sftp.remove(remote)
         except (OSError, EOFError, paramiko.SSHException, InfraError) as exc:

@@ -14,6 +14,7 @@ import jinja2
 
 from .analysis import METRICS, analyze, fmt_num, fmt_p
 from .errors import UserError
+from .results import read_results
 
 TEMPLATES = Path(__file__).parent / "templates"
 WIDTH = 72
@@ -43,9 +44,12 @@ RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
 
 
 def load_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+    results = read_results(run_dir)
     meta_path = run_dir / "metadata.json"
-    metadata = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
+    try:
+        metadata = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
+    except (UnicodeDecodeError, ValueError):
+        metadata = {"unreadable": f"{meta_path.name} is not readable JSON"}
     return results, metadata
 
 

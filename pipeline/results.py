@@ -12,6 +12,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
+
 
 class StageStatus(StrEnum):
     """A stage's outcome; the values are what results.json has always held."""
@@ -76,6 +78,11 @@ def write_json_atomic(path: Path, data: Any) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        dfd = os.open(path.parent, os.O_RDONLY)  # the rename itself survives a power cut
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -106,7 +113,7 @@ class RunFolder:
 
     @classmethod
     def open(cls, path: Path) -> RunFolder:
-        return cls(path, json.loads((path / "results.json").read_text(encoding="utf-8")))
+        return cls(path, read_results(path))
 
     @property
     def run_id(self) -> str:
@@ -192,6 +199,21 @@ class RunFolder:
 
     def write_metadata(self, data: dict[str, Any]) -> None:
         write_json_atomic(self.path / "metadata.json", data)
+
+
+def read_results(run_dir: Path) -> dict[str, Any]:
+    """A run's results.json, or a UserError that says what is wrong with it (never a traceback)."""
+    path = run_dir / "results.json"
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise UserError(f"{path} is not readable JSON ({str(exc)[:200]}); truncated or edited? "
+                        "A run writes it atomically, so this copy did not come from kpipe whole") from None
+    if not isinstance(data, dict) or not isinstance(data.get("candidates", {}), dict):
+        raise UserError(f"{path} does not hold a kpipe run (no 'candidates' mapping)")
+    return data
 
 
 def _now() -> str:

@@ -94,48 +94,55 @@ def run_pipeline(cfg: Config, only: list[str] | None = None, progress: Progress 
 
     With `resume`, continue that run: finished counted and warm-up repetitions
     are kept, candidates that already failed stay failed, the rest is redone
-    (fetch, patch and build come back from the caches).
+    (fetch, patch and build come back from the caches). The cache lock is taken
+    before the run folder is read, so a resume that waits for another run never
+    writes back a stale copy of it.
     """
     progress = progress or Progress()
-    if resume:
-        folder = RunFolder.open(resume)
-        order = folder.results.get("candidate_order", [])
-        cands = [cfg.candidate(n) for n in order if n in {c.name for c in cfg.candidates}]
-        folder.update(resumed=folder.results.get("resumed", []) + [now_iso()], status="running")
-    else:
-        cands = selected_candidates(cfg, only)
-        folder = _new_folder(cfg, cands, run_id)
-    progress.say("run", "-", f"{'resuming' if resume else 'run'} {folder.run_id} in {folder.path}")
+    with cache_lock(cfg.cache_dir, f"run {resume.name if resume else (run_id or 'new')}", wait=wait_for_lock):
+        if resume:
+            folder = RunFolder.open(resume)
+            order = folder.results.get("candidate_order", [])
+            cands = [cfg.candidate(n) for n in order if n in {c.name for c in cfg.candidates}]
+            folder.update(resumed=folder.results.get("resumed", []) + [now_iso()], status="running")
+        else:
+            cands = selected_candidates(cfg, only)
+            folder = _new_folder(cfg, cands, run_id)
+        progress.say("run", "-", f"{'resuming' if resume else 'run'} {folder.run_id} in {folder.path}")
+        _run_locked(cfg, folder, cands, progress)
+    return folder
+
+
+def _run_locked(cfg: Config, folder: RunFolder, cands: list[Candidate], progress: Progress) -> None:
     hosts: list[PoolHost] = []
     old_term = signal.signal(signal.SIGTERM, _on_sigterm(hosts))
     try:
-        with cache_lock(cfg.cache_dir, f"run {folder.run_id}", wait=wait_for_lock):
-            hosts.extend(_usable_hosts(cfg, progress))  # the same list the SIGTERM handler sees
-            folder.update(hosts=[h.as_dict() for h in hosts])
-            usable = [h for h in hosts if h.status == OK]
-            if not usable:
-                raise InfraError("no usable test host:\n  " + "\n  ".join(f"{h.name} ({h.spec.address}): {h.reason}"
-                                                                          for h in hosts))
-            distcc, notes = distcc_hosts(hosts, compiler_version())
-            for note in notes:
-                progress.say("build", "-", f"distcc {note}")
-            folder.update(distcc={"hosts": list(distcc), "notes": notes})
-            accel = usable[0].accel
-            progress.workers = len(usable)
-            progress.say("boot", "-", f"accelerator: {accel.reason}")
-            preparer = Preparer(cfg, folder, progress, distcc)
-            measurer = Measurer(cfg, folder, progress, hosts, threading.Event(), preparer.fail)
-            preps = preparer.prepare_all(cands)
-            preparer.record_config_differences(preps)
-            folder.write_metadata(collect_metadata(cfg, accel, preparer.trees))
-            if not _worth_measuring(cfg, preps):
-                progress.say("run", "-", "no candidate besides the references can be measured: nothing to compare, "
-                                         "the references are not measured either")
-            elif any(p.alive for p in preps):
-                initramfs = build_initramfs(cfg.test_host.initramfs_recipe, cfg.cache_dir,
-                                            folder.log_path("_host", "initramfs.log"))
-                vmm = build_vmm(cfg.cache_dir, folder.log_path("_host", "vmm.log"))
-                measurer.measure_all(preps, initramfs, vmm)
+        hosts.extend(_usable_hosts(cfg, progress))  # the same list the SIGTERM handler sees
+        folder.update(hosts=[h.as_dict() for h in hosts])
+        usable = [h for h in hosts if h.status == OK]
+        if not usable:
+            raise InfraError("no usable test host:\n  " + "\n  ".join(f"{h.name} ({h.spec.address}): {h.reason}"
+                                                                      for h in hosts))
+        distcc, notes = distcc_hosts(hosts, compiler_version())
+        for note in notes:
+            progress.say("build", "-", f"distcc {note}")
+        folder.update(distcc={"hosts": list(distcc), "notes": notes})
+        accel = usable[0].accel
+        progress.workers = len(usable)
+        progress.say("boot", "-", f"accelerator: {accel.reason}")
+        preparer = Preparer(cfg, folder, progress, distcc)
+        measurer = Measurer(cfg, folder, progress, hosts, threading.Event(), preparer.fail)
+        preps = preparer.prepare_all(cands)
+        preparer.record_config_differences(preps)
+        folder.write_metadata(collect_metadata(cfg, accel, preparer.trees))
+        if not _worth_measuring(cfg, preps):
+            progress.say("run", "-", "no candidate besides the references can be measured: nothing to compare, "
+                                     "the references are not measured either")
+        elif any(p.alive for p in preps):
+            initramfs = build_initramfs(cfg.test_host.initramfs_recipe, cfg.cache_dir,
+                                        folder.log_path("_host", "initramfs.log"))
+            vmm = build_vmm(cfg.cache_dir, folder.log_path("_host", "vmm.log"))
+            measurer.measure_all(preps, initramfs, vmm)
         folder.update(status="finished")
     except (KeyboardInterrupt, Interrupted) as exc:
         folder.update(status="interrupted",
@@ -153,4 +160,3 @@ def run_pipeline(cfg: Config, only: list[str] | None = None, progress: Progress 
         LocalExecutor.kill_all()
         signal.signal(signal.SIGTERM, old_term)
         folder.update(finished=now_iso())
-    return folder

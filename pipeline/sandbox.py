@@ -107,3 +107,38 @@ def build_user() -> pwd.struct_passwd:
         raise SandboxUnavailable(f"the pipeline runs as root and the unprivileged user {BUILD_USER!r} that "
                                  f"confined builds run as does not exist: run ./setup.sh, or "
                                  f"useradd --system --no-create-home --shell /usr/sbin/nologin {BUILD_USER}") from None
+
+
+def self_check(scratch: Path) -> str:
+    """Run a probe confined and return '' when the sandbox holds, else what is wrong: the probe must be
+    unprivileged, reach no network, and fail to write outside its build directory while writing inside."""
+    from .proc import run
+
+    box = Sandbox(scratch / "src", scratch / "src" / "build", scratch / "ccache")
+    box.src.mkdir(parents=True, exist_ok=True)
+    box.prepare()
+    probe = ("import os, socket\n"
+             "out = ['uid=%d' % os.getuid()]\n"
+             "try:\n socket.create_connection(('127.0.0.1', 22), 2); out.append('net=open')\n"
+             "except OSError: out.append('net=closed')\n"
+             "try:\n open('/var/tmp/kpipe-sandbox-probe', 'w'); out.append('outside=writable')\n"
+             "except OSError: out.append('outside=refused')\n"
+             "open('probe', 'w').write('ok'); out.append('build=writable')\n"
+             "print(' '.join(out))\n")
+    try:
+        res = run(box.wrap(["python3", "-c", probe], {}), timeout=60, check=False)
+    except SandboxUnavailable as exc:
+        return str(exc)
+    if res.returncode != 0:
+        return f"bubblewrap could not start a confined build: {res.tail(5)}"
+    words = dict(w.split("=", 1) for w in res.output.split() if "=" in w)
+    wrong = []
+    if words.get("uid") == "0":
+        wrong.append("the build runs as root")
+    if words.get("net") != "closed":
+        wrong.append("the build reaches the network")
+    if words.get("outside") != "refused":
+        wrong.append("the build can write outside its build directory")
+    if words.get("build") != "writable":
+        wrong.append("the build cannot write its build directory")
+    return "; ".join(wrong)

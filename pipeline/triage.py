@@ -32,10 +32,10 @@ from .patch import MAX_PATCH_BYTES, check_patch_paths
 
 MAX_SERIES_BYTES = 20 * 1024 * 1024
 MAX_SERIES_PATCHES = 100
-_PATCH_NUM = re.compile(r"\[[^\]]*?(\d+)/(\d+)[^\]]*\]")
+_PATCH_NUM = re.compile(r"\[[^\]]*?\b(\d{1,4})/(\d{1,4})\b[^\]]*\]")  # no series has 10,000 patches
 _BASE_COMMIT = re.compile(r"^base-commit: ([0-9a-f]{7,40})\s*$", re.M)
 _MSGID = re.compile(r"^<?[^<>\s@]+@[^<>\s@]+>?$")
-_VERSION = re.compile(r"\[[^\]]*?\bv(\d+)\b[^\]]*\]", re.I)
+_VERSION = re.compile(r"\[[^\]]*?\bv(\d{1,4})\b[^\]]*\]", re.I)
 _REPLY = re.compile(r"^\s*(re|aw|sv|antw)\s*:", re.I)
 WIDTH = 72
 MAX_LINE = 900  # under SMTP's 998 bytes, with room for a multi-byte character
@@ -69,7 +69,10 @@ def _text(msg: Any) -> str:
     chunks = []
     for part in parts:
         payload: Any = part.get_payload(decode=True) or b""
-        chunks.append(payload.decode(part.get_content_charset() or "utf-8", errors="replace"))
+        try:
+            chunks.append(payload.decode(part.get_content_charset() or "utf-8", errors="replace"))
+        except LookupError:  # a charset Python does not know: read it as UTF-8, replacing what is not
+            chunks.append(payload.decode("utf-8", errors="replace"))
     return "\n".join(chunks)
 
 
@@ -117,7 +120,7 @@ def parse_series(source: Path, workdir: Path) -> Series:
     versions: dict[int, int] = {}  # id(msg) -> series version (v1 when the subject names none)
     covers: list[Any] = []
     for msg in msgs:
-        subject = " ".join(str(msg.get("Subject", "")).split())
+        subject = _clip_words(str(msg.get("Subject", "")))
         if _REPLY.match(subject):
             skipped.append(subject)  # a review reply, even one that quotes or suggests a diff
             continue
@@ -160,11 +163,17 @@ def parse_series(source: Path, workdir: Path) -> Series:
     first = cover or patches[0][1]
     ref_list = str(first.get("References", "")).split()
     msgid = str(first.get("Message-ID", "")).strip()
-    return Series(subject=" ".join(str(first.get("Subject", "")).split()), message_id=msgid,
+    return Series(subject=_clip_words(str(first.get("Subject", ""))), message_id=msgid,
                   references=" ".join(ref_list + ([msgid] if msgid else [])), sender=str(first.get("From", "")),
                   to=_addresses(first, "To"), cc=_addresses(first, "Cc"),
                   patches=tuple(out), base_commit=base_commit, skipped=tuple(skipped),
                   date=str(first.get("Date", "")))
+
+
+def _clip_words(text: str) -> str:
+    """Whitespace collapsed, and any word longer than 200 characters cut: a mail line cannot fold it,
+    and no real subject has one."""
+    return " ".join(w if len(w) <= 200 else w[:200] + "..." for w in text.split())
 
 
 def _addresses(msg: Any, header: str) -> list[str]:
@@ -285,7 +294,8 @@ def write_reply(series: Series, summary: str, first_paragraph: str, report_link:
                         f"reports/ is published")
     msg = EmailMessage(policy=email.policy.default.clone(linesep="\n", max_line_length=MAX_LINE))
     msg["From"] = sender
-    msg["Subject"] = series.subject if series.subject.lower().startswith("re:") else f"Re: {series.subject}"
+    subject = _clip_words(series.subject)
+    msg["Subject"] = subject if subject.lower().startswith("re:") else f"Re: {subject}"
     if series.sender:
         msg["To"] = series.sender
     cc = [a for a in series.to + series.cc if a]

@@ -16,6 +16,11 @@ import yaml
 from .errors import ConfigError
 
 MAX_YAML_BYTES = 1024 * 1024
+MAX_DEPTH = 32  # kpipe's own files nest 4 deep; 20,000 brackets would exhaust Python's stack
+MAX_SCALAR_CHARS = 4096  # longer than any path or setting; a 5000-digit number never reaches int()
+_OPEN = (yaml.FlowSequenceStartToken, yaml.FlowMappingStartToken, yaml.BlockSequenceStartToken,
+         yaml.BlockMappingStartToken)
+_CLOSE = (yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken, yaml.BlockEndToken)
 # The files kpipe ships beside the package (vm-templates/, patches/): found from any pipeline.yaml.
 SHIPPED = Path(__file__).resolve().parent.parent
 
@@ -119,17 +124,55 @@ def read_yaml(path: str | Path, what: str) -> tuple[Any, Reader]:
         raise ConfigError("", f"{what} {path} not found")
     if source.stat().st_size > MAX_YAML_BYTES:
         raise ConfigError("", f"{what} {path} is larger than {MAX_YAML_BYTES // 1024} KiB")
-    text = source.read_text(encoding="utf-8")
     try:
-        for token in yaml.scan(text, Loader=yaml.SafeLoader):
-            if isinstance(token, (yaml.AliasToken, yaml.AnchorToken)):
-                raise ConfigError("", "YAML anchors and aliases (&name, *name) are not accepted here; "
-                                  "write the values out", source.name, token.start_mark.line + 1)
-        data = yaml.safe_load(text)
+        text = source.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError("", f"{what} {path} is not UTF-8 text (byte {exc.start})") from None
+    try:
+        _check_tokens(text, source.name)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
         lines = Lines(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise ConfigError("", f"not valid YAML: {getattr(exc, 'problem', exc)}", source.name,
                           mark.line + 1 if mark else None) from None
     return data, Reader(source, lines, source.parent)
+
+
+def _check_tokens(text: str, name: str) -> None:
+    """Refuse, before anything is built: anchors and aliases, nesting deeper than MAX_DEPTH, scalars
+    longer than MAX_SCALAR_CHARS."""
+    depth = 0
+    for token in yaml.scan(text, Loader=yaml.SafeLoader):
+        line = token.start_mark.line + 1
+        if isinstance(token, (yaml.AliasToken, yaml.AnchorToken)):
+            raise ConfigError("", "YAML anchors and aliases (&name, *name) are not accepted here; "
+                              "write the values out", name, line)
+        if isinstance(token, _OPEN):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ConfigError("", f"nested deeper than {MAX_DEPTH} levels", name, line)
+        elif isinstance(token, _CLOSE):
+            depth -= 1
+        elif isinstance(token, yaml.ScalarToken) and len(token.value) > MAX_SCALAR_CHARS:
+            raise ConfigError("", f"a value of {len(token.value)} characters (at most {MAX_SCALAR_CHARS})",
+                              name, line)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:  # type: ignore[override]
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            try:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {str(key)[:80]!r} given twice (first on line {seen[key]})",
+                        key_node.start_mark)
+                seen[key] = key_node.start_mark.line + 1
+            except TypeError:
+                pass  # an unhashable key: the constructor below reports it
+        return super().construct_mapping(node, deep=deep)
 

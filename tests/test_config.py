@@ -218,3 +218,31 @@ def test_a_config_kept_anywhere_finds_the_shipped_templates_and_patches(tmp_path
     cfg.write_text(cfg.read_text().replace("kvm-host.config", "../../../etc/passwd"))
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(cfg)
+
+
+HOSTILE_YAML = {  # file in tests/data/hostile -> what the error must say
+    "alias-bomb.yaml": "anchors and aliases",
+    "dup-keys.yaml": "given twice",
+    "non-utf8.yaml": "not UTF-8",
+    "deep-20000.yaml": "nested deeper",
+    "number-5000-digits.yaml": "5000 characters",
+    "counted-1e9.yaml": "repetitions.counted",
+    "cmdline-newline.yaml": "test_host.cmdline",
+    "candidate-newline-cmdline.yaml": "cmdline",
+    "git-option.yaml": "trees.a.git",
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_YAML))
+def test_hostile_config_files_get_a_clear_error(name: str) -> None:
+    path = Path(__file__).parent / "data" / "hostile" / name
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert HOSTILE_YAML[name] in str(info.value)
+    if name not in ("non-utf8.yaml",):
+        assert info.value.line is not None or ":" in str(info.value)
+
+
+def test_every_hostile_file_has_a_test() -> None:
+    names = {p.name for p in (Path(__file__).parent / "data" / "hostile").glob("*.yaml")}
+    assert names == set(HOSTILE_YAML)

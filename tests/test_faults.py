@@ -16,7 +16,10 @@ from pathlib import Path
 
 import fabric
 import pytest
-from conftest import REPO, TARBALL, qemu_pids, small_config
+from conftest import FRAGMENT, REPO, TARBALL, qemu_pids, small_config
+
+from pipeline.build import slot_path
+from pipeline.config import KernelConfig
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not TARBALL.exists(), reason="apt-get install linux-source-6.1 (./setup.sh)")]
@@ -107,10 +110,17 @@ def test_sigkill_of_the_pipeline_takes_qemu_down_and_resume_finishes(built_kerne
 
 def test_sigterm_mid_build_then_resume(built_kernel, e2e_cache: Path, tmp_path: Path) -> None:
     before = qemu_pids()
-    # An empty build dir, so the build takes long enough to be interrupted (even with ccache warm).
-    shutil.rmtree(e2e_cache / "worktrees" / "other" / "build", ignore_errors=True)
     frag = tmp_path / "localversion.config"
     frag.write_text(f'CONFIG_LOCALVERSION="-fault{os.getpid()}"\n')  # a build nobody has cached
+    # A config of its own: a build slot of its own, empty, so the build takes long enough to be interrupted.
+    slot = slot_path(e2e_cache, "debian-6.1", KernelConfig(), (FRAGMENT, frag))
+    try:
+        _sigterm_mid_build_then_resume(before, frag, e2e_cache, tmp_path)
+    finally:
+        shutil.rmtree(slot, ignore_errors=True)
+
+
+def _sigterm_mid_build_then_resume(before: set[int], frag: Path, e2e_cache: Path, tmp_path: Path) -> None:
     cfg = small_config(tmp_path, f"  - {{name: other, tree: debian-6.1, changes: [{{config: {frag}}}]}}",
                        cycles=300, counted=2)
     proc = start_run(cfg, e2e_cache)

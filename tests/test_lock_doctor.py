@@ -67,3 +67,34 @@ def test_missing_qemu_is_refused_early_with_the_install_command(tmp_path: Path,
     finally:
         os.environ["PATH"] = old
     assert (set(runs.iterdir()) if runs.exists() else set()) == before  # refused before any run folder
+
+
+def test_resume_waiting_for_the_lock_reads_the_run_only_once_it_holds_it(small_repo: Path, tmp_path: Path) -> None:
+    """A resume that has to wait must not write back the copy it read before waiting."""
+    import json
+
+    cache = tmp_path / "cache"
+    cfg = tmp_path / "pipeline.yaml"
+    cfg.write_text(f"trees: {{s: {{git: {small_repo}}}}}\nbaseline: base\ncandidates: [{{name: base, tree: s}}]\n")
+    run_dir = tmp_path / "runs" / "20260101-000000-abcd"
+    run_dir.mkdir(parents=True)
+    # A run whose only candidate already failed: resuming it has nothing to build or measure.
+    (run_dir / "results.json").write_text(json.dumps({
+        "run_id": run_dir.name, "status": "interrupted", "baseline": "base", "candidate_order": ["base"],
+        "candidates": {"base": {"name": "base", "status": "build-failed", "stages": {}, "runs": [],
+                                "warmup_runs": []}}}))
+    env = {**os.environ, "KPIPE_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO)}
+    with cache_lock(cache, "holder"):
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "-c", str(cfg), "--resume", str(run_dir)],
+                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert proc.stdout
+        line = proc.stdout.readline()
+        assert "waiting for the cache" in line, line
+        data = json.loads((run_dir / "results.json").read_text())
+        data["candidates"]["base"]["written_while_waiting"] = True  # what the lock holder adds meanwhile
+        (run_dir / "results.json").write_text(json.dumps(data))
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode in (0, 4), out
+    final = json.loads((run_dir / "results.json").read_text())
+    assert final["candidates"]["base"].get("written_while_waiting") is True, "the resume wrote a stale copy"
+    assert final["status"] == "finished"

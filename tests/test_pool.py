@@ -17,14 +17,15 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, qemu_pids, small_config
+from conftest import FRAGMENT, REPO, qemu_pids, small_config
 from sshd_hosts import SshdHost, descendants, keygen
 
 from pipeline.analysis import analyze
-from pipeline.config import HostSpec, load_config
+from pipeline.config import HostSpec, KernelConfig, load_config
 from pipeline.errors import ConfigError
 from pipeline.pool import LOST, OK, UNUSABLE, UNUSED, HostLost, Job, PoolHost, check_pool, dispatch
 from pipeline.remote import RemoteExecutor, parse_probe
+from pipeline.sandbox import forget_owner
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the test sshd daemons log in as root")
 
@@ -381,7 +382,7 @@ def test_builds_use_distcc_on_pool_hosts_that_offer_it(built_kernel, e2e_cache: 
     the reason."""
     from sshd_hosts import free_port
 
-    from pipeline.build import compile_env, compiler_version
+    from pipeline.build import compile_env, compiler_version, slot_path
     from pipeline.pool import distcc_hosts
 
     port = free_port()
@@ -400,7 +401,10 @@ def test_builds_use_distcc_on_pool_hosts_that_offer_it(built_kernel, e2e_cache: 
         use, notes = distcc_hosts(hosts, compiler_version())
         assert use == (f"127.0.0.1:{port}/2",)
         assert any("lab3: no distccd on port 1" in n for n in notes), notes
-        wt = e2e_cache / "worktrees" / "e2e-baseline"
+        # The shared kernel's build slot, compiled unconfined here (distcc needs the network).
+        wt = slot_path(e2e_cache, "debian-6.1", KernelConfig(), (FRAGMENT,)) / "src"
+        assert (wt / "build" / ".config").exists(), "the session's kernel was built in this slot"
+        forget_owner(wt / "build")
         env, cc_args, jobs = compile_env(e2e_cache, wt, 0, use)  # no local slot: the compile must go remote
         assert jobs == 2 and env["DISTCC_HOSTS"] == f"127.0.0.1:{port}/2"
         env["DISTCC_DIR"] = str(tmp_path / "distcc")  # no back-off state from earlier runs

@@ -1,6 +1,7 @@
 """The one command wrapper: timeouts that fire even while output stays open, process groups killed."""
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -37,3 +38,35 @@ def test_a_git_option_is_not_a_repository(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not an option") as info:
         load_config(cfg)
     assert info.value.path == "trees.x.git" and info.value.line == 3
+
+
+def test_a_confined_build_dies_with_a_killed_pipeline(tmp_path: Path) -> None:
+    """SIGKILL of the pipeline (no handler runs) still ends everything the build started."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    marker = f"sleep 8{os.getpid()}"
+    (tmp_path / "src").mkdir()
+    os.chmod(tmp_path, 0o755)
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path\n"
+        "from pipeline.sandbox import Sandbox; from pipeline.proc import run\n"
+        "t = Path(sys.argv[2]); box = Sandbox(t / 'src', t / 'src' / 'build', t / 'ccache'); box.prepare()\n"
+        "run(box.wrap(['sh', '-c', sys.argv[3] + ' & ' + sys.argv[3] + '; wait'], {}))\n"),
+        str(Path(__file__).resolve().parent.parent), str(tmp_path), marker])
+
+    def running() -> list[str]:
+        return subprocess.run(["pgrep", "-f", f"^{marker}"], capture_output=True, text=True).stdout.split()
+
+    deadline = time.monotonic() + 30
+    while len(running()) < 2:
+        assert time.monotonic() < deadline and child.poll() is None, "the confined command did not start"
+        time.sleep(0.1)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    deadline = time.monotonic() + 10
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not running(), "a confined process outlived the pipeline"

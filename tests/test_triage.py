@@ -225,3 +225,22 @@ def test_outcome_verdict_words(small_repo: Path, tmp_path: Path, verdict: str, w
     text = outcome({"candidates": {"s": {"status": "ok"}}}, {"rows": [{"name": "s", "comparisons": comp}]}, "s",
                    series)
     assert text.startswith(f"The series {word} the guest boot time: +12.0% (p = 0.0100)")
+
+
+@pytest.mark.parametrize("mbox", sorted((Path(__file__).parent / "data" / "hostile").glob("*.mbox")),
+                         ids=lambda p: p.name)
+def test_hostile_mail_gives_a_clear_refusal_or_a_safe_reply(mbox: Path, tmp_path: Path) -> None:
+    """Every hostile file: either a UserError, or a series whose reply is one well-formed message."""
+    try:
+        series = parse_series(mbox, tmp_path / "series")
+    except UserError as exc:
+        assert str(exc)
+        return
+    path, _ = write_reply(series, "summary", "first paragraph", "https://example.org/r/", tmp_path / "reply.eml",
+                          sender_setting="Tester <t@example.org>")
+    raw = path.read_bytes()
+    assert all(len(line) <= 998 for line in raw.split(b"\n"))
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert "bcc" not in {k.lower() for k in msg.keys()}
+    assert msg["From"] == "Tester <t@example.org>"
+    assert len([k for k in msg.keys() if k.lower() == "subject"]) == 1

@@ -1,0 +1,142 @@
+"""Builds in place and confined: real kernel builds of the imported 6.1 tree (slow)."""
+from __future__ import annotations
+
+import difflib
+import os
+import shutil
+import socket
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import FRAGMENT, REPO
+
+from pipeline.build import BuildFailed, build_kernel, slot_path
+from pipeline.config import Candidate, Change, KernelConfig
+from pipeline.gitutil import git
+from pipeline.patch import apply_changes
+
+pytestmark = pytest.mark.slow
+REGRESSION = REPO / "patches" / "0001-srcu-v5.19-rc1-expedited-policy-regression.patch"
+
+
+def _insert_after_first_line(fetched, path: str, extra: list[str]) -> str:
+    """A unified diff adding `extra` after the first line of `path` in the tree."""
+    lines = git(["show", f"{fetched.commit}:{path}"], fetched.store).output.splitlines(keepends=True)
+    new = lines[:1] + [x + "\n" for x in extra] + lines[1:]
+    return "".join(difflib.unified_diff(lines, new, f"a/{path}", f"b/{path}"))
+
+
+def candidate(tmp_path: Path, name: str, *patch_texts: str, files: tuple[Path, ...] = ()) -> Candidate:
+    changes = [Change("patch", p.name, p) for p in files]
+    for i, text in enumerate(patch_texts):
+        p = tmp_path / f"{name}-{i}.diff"
+        p.write_text(text)
+        changes.append(Change("patch", p.name, p))
+    return Candidate(name, "debian-6.1", tuple(changes))
+
+
+def test_in_place_build_is_byte_identical_to_a_clean_one_and_a_failed_build_poisons_nothing(
+        fetched, built_kernel, e2e_cache: Path, tmp_path: Path) -> None:
+    kernel = KernelConfig()
+    frags = (FRAGMENT,)
+
+    def build(cand: Candidate, **kw):
+        return build_kernel(apply_changes(cand, fetched), kernel, frags, e2e_cache, tmp_path / f"{cand.name}.log",
+                            reuse=False, **kw)
+
+    base = build(Candidate("base", "debian-6.1"))
+    assert base.image_sha256 == built_kernel.image_sha256 or not built_kernel.image_sha256
+    regression = build(candidate(tmp_path, "regression", files=(REGRESSION,)))
+    assert regression.in_place and regression.sandboxed
+    assert regression.image_sha256 != base.image_sha256
+    broken = candidate(tmp_path, "broken", _insert_after_first_line(fetched, "kernel/rcu/srcutree.c",
+                                                                    ["#error kpipe-broken"]))
+    with pytest.raises(BuildFailed) as info:
+        build(broken)
+    assert "kpipe-broken" in info.value.excerpt and info.value.status == "build-failed"
+    # After the failure the slot starts from an empty build directory: a clean build.
+    again = build(candidate(tmp_path, "regression", files=(REGRESSION,)))
+    assert not again.in_place
+    assert again.image_sha256 == regression.image_sha256, "an in-place build differs from a clean one"
+    back = build(Candidate("base", "debian-6.1"))
+    assert back.in_place and back.image_sha256 == base.image_sha256
+    print(f"in place {regression.seconds:.1f} s, clean {again.seconds:.1f} s, back {back.seconds:.1f} s")
+
+
+@pytest.fixture
+def hostile_slot(fetched, e2e_cache: Path, tmp_path: Path):
+    """Config fragments of their own, so hostile builds get a slot of their own (removed afterwards)."""
+    frag = tmp_path / "hostile.config"
+    frag.write_text("# hostile-build tests\nCONFIG_KVM=y\n")
+    kernel = KernelConfig(build_timeout_s=30)
+    slot = slot_path(e2e_cache, "debian-6.1", kernel, (FRAGMENT, frag))
+    yield kernel, (FRAGMENT, frag)
+    shutil.rmtree(slot, ignore_errors=True)
+    git(["worktree", "prune"], fetched.store)
+
+
+def _top_makefile(fetched, extra: list[str]) -> str:
+    """A diff adding lines after the first line of the top-level Makefile (read when make starts)."""
+    return _insert_after_first_line(fetched, "Makefile", extra)
+
+
+def test_hostile_makefile_cannot_write_outside_its_build_directory(fetched, e2e_cache: Path, tmp_path: Path,
+                                                                    hostile_slot) -> None:
+    kernel, frags = hostile_slot
+    target = Path("/var/tmp") / f"kpipe-pwned-{os.getpid()}"
+    line = (f"$(if $(shell touch {target} >/dev/null 2>&1 && echo ok),,"
+            f"$(error could not write {target}: $(shell touch {target} 2>&1)))")
+    cand = candidate(tmp_path, "writer", _top_makefile(fetched, [line]))
+    with pytest.raises(BuildFailed) as info:
+        build_kernel(apply_changes(cand, fetched), kernel, frags, e2e_cache, tmp_path / "writer.log")
+    assert not target.exists()
+    assert "Read-only file system" in info.value.excerpt
+
+
+def test_hostile_makefile_cannot_reach_the_network(fetched, e2e_cache: Path, tmp_path: Path, hostile_slot) -> None:
+    kernel, frags = hostile_slot
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(0.5)
+    port = server.getsockname()[1]
+    accepted = []
+
+    def watch() -> None:
+        for _ in range(120):
+            try:
+                accepted.append(server.accept())
+                return
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    probe = f"python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {port}), 5)' 2>&1 | tail -1"
+    cand = candidate(tmp_path, "caller", _top_makefile(fetched, [f"$(error network: $(shell {probe}))"]))
+    try:
+        with pytest.raises(BuildFailed) as info:
+            build_kernel(apply_changes(cand, fetched), kernel, frags, e2e_cache, tmp_path / "caller.log")
+    finally:
+        server.close()
+        t.join(5)
+    assert not accepted, "the confined build reached a loopback listener"
+    # Its own network namespace: a loopback of its own with nothing listening, no route anywhere else.
+    assert "Connection refused" in info.value.excerpt or "unreachable" in info.value.excerpt
+
+
+def test_hostile_makefile_that_runs_forever_is_stopped(fetched, e2e_cache: Path, tmp_path: Path,
+                                                       hostile_slot) -> None:
+    kernel, frags = hostile_slot
+    marker = f"sleep 9{os.getpid()}"  # a command line no other process has
+    cand = candidate(tmp_path, "forever", _top_makefile(fetched, [f"$(shell {marker})"]))
+    with pytest.raises(BuildFailed) as info:
+        build_kernel(apply_changes(cand, fetched), kernel, frags, e2e_cache, tmp_path / "forever.log")
+    assert info.value.status == "build-timeout"
+    assert "build_timeout_s = 30" in str(info.value)
+    left = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True, check=False).stdout.split()
+    assert not left, "the hostile build outlived its time limit"
