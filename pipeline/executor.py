@@ -94,6 +94,8 @@ class LocalExecutor:
     _live: set[LocalProcess] = set()
     _lock = threading.Lock()
 
+    poll_s = 0.05  # reading the console log here is cheap: SSH-ready is seen within 50 ms
+
     def __init__(self, name: str = "local", workdir: str = "/var/tmp/kpipe"):
         self._name = name
         self.workdir = workdir

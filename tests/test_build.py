@@ -65,10 +65,10 @@ def test_in_place_build_is_byte_identical_to_a_clean_one_and_a_failed_build_pois
     print(f"in place {regression.seconds:.1f} s, clean {again.seconds:.1f} s, back {back.seconds:.1f} s")
 
 
-@pytest.fixture
-def hostile_slot(fetched, e2e_cache: Path, tmp_path: Path):
+@pytest.fixture(scope="module")
+def hostile_slot(fetched, e2e_cache: Path, tmp_path_factory: pytest.TempPathFactory):
     """Config fragments of their own, so hostile builds get a slot of their own (removed afterwards)."""
-    frag = tmp_path / "hostile.config"
+    frag = tmp_path_factory.mktemp("hostile") / "hostile.config"
     frag.write_text("# hostile-build tests\nCONFIG_KVM=y\n")
     kernel = KernelConfig(build_timeout_s=30)
     slot = slot_path(e2e_cache, "debian-6.1", kernel, (FRAGMENT, frag))

@@ -244,3 +244,32 @@ def test_hostile_mail_gives_a_clear_refusal_or_a_safe_reply(mbox: Path, tmp_path
     assert "bcc" not in {k.lower() for k in msg.keys()}
     assert msg["From"] == "Tester <t@example.org>"
     assert len([k for k in msg.keys() if k.lower() == "subject"]) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not TARBALL.exists(), reason="apt-get install linux-source-6.1")
+def test_comment_only_series_is_answered_as_binary_identical_without_measuring(
+        built_kernel, fetched, e2e_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import difflib
+
+    from pipeline.cli import main
+    from pipeline.gitutil import git as pgit
+
+    monkeypatch.setenv("KPIPE_CACHE_DIR", str(e2e_cache))
+    cfg = small_config(tmp_path, cycles=300, counted=3)
+    old = pgit(["show", f"{fetched.commit}:kernel/rcu/srcutree.c"], fetched.store).output.splitlines(keepends=True)
+    new = list(old)
+    line = next(i for i, x in enumerate(old) if x.startswith(" * Sleepable Read-Copy Update"))
+    new[line] = new[line].replace("Sleepable Read-Copy Update", "Sleepable read-copy update")  # same line count
+    diff = "".join(difflib.unified_diff(old, new, "a/kernel/rcu/srcutree.c", "b/kernel/rcu/srcutree.c"))
+    mbox = tmp_path / "comment.mbox"
+    mbox.write_text("From: Tidy Person <tidy@example.org>\nSubject: [PATCH] srcu: lower-case a comment\n"
+                    f"Message-ID: <comment-1@example.org>\n\nA comment only.\n---\n{diff}")
+    assert main(["triage", str(mbox), "-c", str(cfg)]) == 0
+    report = next(p for p in (tmp_path / "reports").iterdir() if p.is_dir())
+    results = json.loads((report / "results.json").read_text())
+    cand = next(n for n in results["candidates"] if n != "base")
+    assert results["candidates"][cand]["status"] == "identical"
+    assert results["candidates"]["base"]["runs"] == []  # nothing was booted to answer
+    body = email.message_from_bytes((report / "reply.eml").read_bytes(), policy=email.policy.default).get_content()
+    assert "byte-for-byte the baseline's" in body and "cannot change the measurement" in body
