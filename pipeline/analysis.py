@@ -62,6 +62,10 @@ def analyze(results: dict[str, Any]) -> dict[str, Any]:
         return runs if ref_kind is None else [r for r in runs if r.get("host_kind") == ref_kind]
 
     specs = results.get("candidate_specs", {})
+    extras = [w for w in results.get("workloads", []) if isinstance(w, dict) and w.get("headline")]
+    compared = COMPARED + tuple(w["headline"] for w in extras)
+    metric_names = list(METRICS) + sorted({m for c in cands.values() for r in c.get("runs", [])
+                                           for m in r.get("metrics", {}) if "." in m})
     rows = []
     for name in order:
         spec = specs.get(name, {})
@@ -71,10 +75,10 @@ def analyze(results: dict[str, Any]) -> dict[str, Any]:
         c = cands.get(name, {"status": "pending", "runs": []})
         all_runs = c.get("runs", [])
         runs = usable(all_runs)
-        summaries = {m: summarize(_values(runs, m), resamples) for m in METRICS}
+        summaries = {m: summarize(_values(runs, m), resamples) for m in metric_names}
         comparisons = {}
         ok = c.get("status") == "ok" and len(runs) > 0
-        for m in COMPARED:
+        for m in compared:
             if name == baseline:
                 continue
             if c.get("status") == IDENTICAL:
@@ -103,14 +107,57 @@ def analyze(results: dict[str, Any]) -> dict[str, Any]:
             "comparisons": comparisons,
         })
     for r in rows:
+        r["agreement"] = [_agreement(r, w) for w in extras] if not r["is_baseline"] else []
+    for r in rows:
         r["on_top_of"] = _on_top_comparisons(r, cands, specs, usable, alpha, min_effect, resamples)
     regressions = [r["name"] for r in rows if r["comparisons"].get("boot_s", {}).get("verdict") == SLOWER
                    and r["role"] != "control"]
     failed = [r["name"] for r in rows if r["status"] not in ("ok", "pending", IDENTICAL)]
     warnings = _artefact_warnings(rows)
     return {"baseline": baseline, "rows": rows, "regressions": regressions, "failed": failed,
+            "workloads": extras, "metric_labels": metric_labels(metric_names),
             "reference_kind": ref_kind, "hosts": results.get("hosts", []), "warnings": warnings,
             "alpha": alpha, "min_effect_pct": min_effect, "headline": _headline(rows, baseline)}
+
+
+def metric_labels(names: list[str]) -> dict[str, tuple[str, str]]:
+    """(label, unit) for every metric: the flash workload's from METRICS, the others' from their names."""
+    out = dict(METRICS)
+    for m in names:
+        if m not in out:
+            workload, _, metric = m.partition(".")
+            unit = next((u for suffix, u in (("_ms", "ms"), ("_s", "s"), ("_us", "us")) if metric.endswith(suffix)), "")
+            out[m] = (f"{workload}: {metric}", unit)
+    return out
+
+
+def _direction(verdict: str) -> int | None:
+    """+1 worse (slower, more), -1 better, 0 no significant change, None when nothing can be said."""
+    if verdict in (SLOWER, "higher", "more CPU"):
+        return 1
+    if verdict in ("faster", "lower", "less CPU"):
+        return -1
+    if verdict == "no significant change":
+        return 0
+    return None
+
+
+def _agreement(row: dict[str, Any], w: dict[str, Any]) -> dict[str, Any]:
+    """Does the other workload's headline tell the same story as the flash workload's boot time?"""
+    flash = row["comparisons"].get("boot_s", {})
+    other = row["comparisons"].get(w["headline"], {})
+    a, b = _direction(flash.get("verdict", "")), _direction(other.get("verdict", ""))
+    agrees = None if a is None or b is None else a == b
+    if agrees is None:
+        text = "cannot tell (a verdict is inconclusive or missing)"
+    elif agrees:
+        text = "agrees (same direction and verdict)"
+    else:
+        text = (f"disagrees: boot {flash.get('verdict')} {flash.get('change_pct', math.nan):+.0f}%, "
+                f"{w['name']} {other.get('verdict')} {other.get('change_pct', math.nan):+.0f}%")
+    return {"workload": w["name"], "metric": w["headline"], "flash_verdict": flash.get("verdict"),
+            "verdict": other.get("verdict"), "change_pct": other.get("change_pct", math.nan),
+            "p_value": other.get("p_value", math.nan), "agrees": agrees, "text": text}
 
 
 def _on_top_comparisons(row: dict[str, Any], cands: dict[str, Any], specs: dict[str, Any], usable: Any,
@@ -180,12 +227,12 @@ def _headline(rows: list[dict[str, Any]], baseline: str) -> str:
 
 
 def fmt_num(value: float, digits: int = 2) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
         return "-"
     return f"{value:.{digits}f}"
 
 
 def fmt_p(p: float) -> str:
-    if p is None or (isinstance(p, float) and math.isnan(p)):
+    if not isinstance(p, int | float) or isinstance(p, bool) or math.isnan(p):
         return "-"
     return f"{p:.4f}" if p >= 0.0001 else f"{p:.1e}"

@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -331,3 +332,37 @@ def _fragment_paths(fragments: tuple[Path, ...], box: Sandbox | None, bdir: Path
         shutil.copyfile(frag, copy)
         out.append(INSIDE_SRC / "build" / ".kpipe-fragments" / copy.name)
     return out
+
+
+def run_in_slot(patched: PatchedTree, kernel: KernelConfig, base_fragments: tuple[Path, ...], cache_dir: Path,
+                log_file: Path, subdir: str, steps_for: Callable[[Path, Path], list[list[str]]],
+                timeout_s: float = 1800) -> Path:
+    """Run more build steps (a selftest, say) in the candidate's build slot, confined like the kernel build.
+    `steps_for(src, out)` gets the source and an output directory under build/ as the steps see them;
+    returns that output directory as this process sees it."""
+    fragments = base_fragments + patched.config_fragments
+    slot = slot_path(cache_dir, patched.tree.name, kernel, fragments)
+    wt, _ = checkout_slot(slot, patched.tree.store, patched.commit, None)
+    bdir = wt / "build"
+    bdir.mkdir(exist_ok=True)
+    out_real = bdir / subdir
+    shutil.rmtree(out_real, ignore_errors=True)
+    box = Sandbox(wt, bdir, cache_dir / "ccache") if kernel.sandbox else None
+    inside = INSIDE_SRC if box else wt
+    if box:
+        box.prepare()
+    env = {"LC_ALL": "C", "KBUILD_BUILD_TIMESTAMP": "2000-01-01"}
+    deadline = time.monotonic() + timeout_s
+    with open(log_file, "a", encoding="utf-8") as logf:
+        for argv in steps_for(inside, inside / "build" / subdir):
+            left = deadline - time.monotonic()
+            try:
+                res = run(box.wrap(argv, env) if box else argv, cwd=wt, env=None if box else env, log_file=logf,
+                          check=False, timeout=max(1.0, left))
+            except CommandTimeout as exc:
+                raise BuildFailed(f"still running after {timeout_s:.0f} s; stopped", exc.result.tail(20),
+                                  "build-timeout") from None
+            if res.returncode != 0:
+                errors = [line for line in res.output.splitlines() if _ERROR_RE.search(line)]
+                raise BuildFailed(f"{subdir} build failed", "\n".join(errors[-25:]) or res.tail(25))
+    return out_real

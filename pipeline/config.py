@@ -15,6 +15,7 @@ from typing import Any
 
 from .hostspec import LOCAL_HOST, NAME_RE, HostSpec, hosts_from_yaml, load_hosts  # noqa: F401  (HostSpec, LOCAL_HOST: re-exported)
 from .machines import CHOICES as ACCELERATORS
+from .workloads import load_workloads
 from .yamlreader import Reader, read_yaml
 
 CMDLINE_PARAM_RE = re.compile(r"^[A-Za-z0-9_.\-]+(=[A-Za-z0-9_.,:/\-]*)?$")
@@ -131,6 +132,7 @@ class Config:
     repetitions: Repetitions
     report: ReportSettings
     hosts: tuple[HostSpec, ...] = (LOCAL_HOST,)
+    workloads: tuple[Any, ...] = ()  # workloads.ExtraWorkload: run after the flash workload
 
     def workload_of(self, cand: Candidate) -> Workload:
         """The workload a candidate runs: its own settings over the config's."""
@@ -155,7 +157,7 @@ def default_cache_dir(setting: str | None, root: Path) -> Path:
 
 
 TOP_KEYS = ("cache_dir", "runs_dir", "trees", "baseline", "candidates", "kernel", "test_host",
-            "workload", "repetitions", "report", "hosts")
+            "workload", "workloads", "repetitions", "report", "hosts")
 
 
 def load_config(path: str | Path, hosts_file: str | Path | None = None) -> Config:
@@ -229,7 +231,8 @@ def load_config(path: str | Path, hosts_file: str | Path | None = None) -> Confi
                   runs_dir=runs_dir, trees=trees, baseline=baseline, candidates=candidates,
                   kernel=kernel, test_host=test_host, workload=workload, repetitions=reps,
                   report=report, hosts=hosts_from_yaml(r, data.get("hosts")) if hosts_file is None
-                  else load_hosts(hosts_file))
+                  else load_hosts(hosts_file),
+                  workloads=load_workloads(r, data["workloads"]) if "workloads" in data else ())
 
 
 def _load_trees(r: Reader, data: Any) -> dict[str, Tree]:

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from .progress import Progress
 from .results import RetryRecord, RunFolder, RunRecord, now_iso
 from .stats import summarize
 from .workload import WorkloadFailed, WorkloadResult, install_vmm, run_workload
+from .workloads import ExtraWorkload, WorkloadOutputError, run_extra
 
 # What a broken link or a dead test host looks like when it reaches us: retried, never the candidate's fault.
 INFRA_FAULTS: tuple[type[BaseException], ...] = (OSError, InfraError, paramiko.SSHException, EOFError)
@@ -38,6 +39,7 @@ INFRA_FAULTS: tuple[type[BaseException], ...] = (OSError, InfraError, paramiko.S
 BootStep = Callable[..., AbstractContextManager[Any]]
 WorkloadStep = Callable[[Any, Any, int], WorkloadResult]
 InstallStep = Callable[[Any, Path], None]
+ExtraStep = Callable[[Any, ExtraWorkload, Path], tuple[dict[str, float], dict[str, Any]]]
 
 
 @dataclass
@@ -49,6 +51,7 @@ class Prepared:
     artifacts: BuildArtifacts | None = None
     alive: bool = True
     boots: int = 0
+    extras: dict[str, Path] = field(default_factory=dict)  # extra workload name -> file for the test host
 
 
 def rotated(items: list[Prepared], by: int) -> list[Prepared]:
@@ -58,10 +61,11 @@ def rotated(items: list[Prepared], by: int) -> list[Prepared]:
 class Measurer:
     def __init__(self, cfg: Config, folder: RunFolder, progress: Progress, hosts: list[PoolHost],
                  stop: threading.Event, fail: Callable[..., None], boot: BootStep = boot_test_host,
-                 workload: WorkloadStep = run_workload, install: InstallStep = install_vmm):
+                 workload: WorkloadStep = run_workload, install: InstallStep = install_vmm,
+                 extra: ExtraStep = run_extra):
         self.cfg, self.folder, self.progress, self.hosts, self.stop = cfg, folder, progress, hosts, stop
         self._fail = fail
-        self._boot, self._workload, self._install = boot, workload, install
+        self._boot, self._workload, self._install, self._extra = boot, workload, install, extra
 
     # -- one repetition --------------------------------------------------------------------------
     def measure_once(self, prep: Prepared, initramfs: Initramfs, vmm: Path, pool_host: PoolHost,
@@ -131,10 +135,18 @@ class Measurer:
                                  f"expected {prep.artifacts.kernel_release}")
             self._install(host, vmm)
             result = self._workload(host, self.cfg.workload_of(prep.candidate), self.cfg.test_host.cpus)
+            metrics, raw = dict(result.metrics), dict(result.raw)
+            for w in self.cfg.workloads:  # the other workloads, in the same booted test host
+                try:
+                    values, extra_raw = self._extra(host, w, prep.extras[w.name])
+                except WorkloadOutputError as exc:
+                    raise WorkloadFailed(f"workload {w.name}: {exc}", str(getattr(exc, "output", ""))) from None
+                metrics.update({w.metric(k): v for k, v in values.items()})
+                raw.setdefault("workloads", {})[w.name] = extra_raw
             return RunRecord(round=round_idx, kind=kind, attempt=attempt, finished=now_iso(), host=pool_host.name,
                              host_kind=pool_host.kind, boot_to_ssh_s=round(host.boot_seconds, 2),
-                             console_log=self.folder.relative(host.console_log), raw=result.raw,
-                             metrics=result.metrics, argv=list(result.argv))
+                             console_log=self.folder.relative(host.console_log), raw=raw,
+                             metrics=metrics, argv=list(result.argv))
 
     def _host_check(self, pool_host: PoolHost, name: str, tag: str, exc: BaseException) -> None:
         """After a failed attempt: stop quietly if the run is being interrupted; raise HostLost if the

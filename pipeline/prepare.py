@@ -4,16 +4,18 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import time
+from pathlib import Path
 
 from .build import BuildFailed, build_kernel, config_differences
 from .config import Candidate, Config
 from .errors import UserError
-from .fetch import FetchedTree, fetch_tree
+from .fetch import FetchedTree, fetch_tree, sha256_file
 from .measure import Prepared
 from .patch import PatchFailed, UnsafePatch, apply_changes, check_changes
 from .progress import Progress
 from .results import PASS, RunFolder
 from .sandbox import SandboxUnavailable
+from .workloads import build_selftest
 
 
 class Preparer:
@@ -58,6 +60,8 @@ class Preparer:
             return
         if cand.cmdline != ref.candidate.cmdline or self.cfg.workload_of(cand) != self.cfg.workload_of(ref.candidate):
             return
+        if any(sha256_file(prep.extras[n]) != sha256_file(ref.extras[n]) for n in prep.extras):
+            return  # the same kernel, but a workload built from the tree differs
         prep.alive = False
         detail = (f"binary-identical to {ref_name}: the same kernel image (sha256 {prep.artifacts.image_sha256[:16]}), "
                   f"command line and workload, so it cannot change the measurement; not measured")
@@ -68,7 +72,7 @@ class Preparer:
     def _share(self, cand: Candidate, twin: Prepared) -> Prepared:
         assert twin.patched and twin.artifacts
         patched = dataclasses.replace(twin.patched, cmdline=cand.cmdline)
-        prep = Prepared(cand, patched=patched, artifacts=twin.artifacts)
+        prep = Prepared(cand, patched=patched, artifacts=twin.artifacts, extras=dict(twin.extras))
         name, other = cand.name, twin.candidate.name
         stages = self.folder.candidate(other)["stages"]
         for stage in ("fetch", "patch", "build"):
@@ -129,6 +133,12 @@ class Preparer:
             self.fail(prep, "build", exc.status, str(exc).splitlines()[0], exc.excerpt,
                        {"log": self.folder.relative(build_log)})
             return prep
+        try:
+            prep.extras = self._build_extras(prep, build_log)
+        except UserError as exc:  # BuildFailed among them
+            self.fail(prep, "build", getattr(exc, "status", "build-failed"), str(exc).splitlines()[0],
+                      getattr(exc, "excerpt", str(exc)), {"log": self.folder.relative(build_log)})
+            return prep
         art = prep.artifacts
         if art.cached and art.log.exists() and not build_log.exists():
             shutil.copy2(art.log, build_log)
@@ -139,6 +149,22 @@ class Preparer:
                           f"{art.warnings} warnings")
         return prep
 
+
+    def _build_extras(self, prep: Prepared, log_file: Path) -> dict[str, Path]:
+        """The other workloads' files for this candidate: KVM selftests built from its own tree."""
+        assert prep.patched
+        files: dict[str, Path] = {}
+        for w in self.cfg.workloads:
+            if w.kind == "kvm-selftest":
+                self.progress.say("build", prep.candidate.name, f"workload {w.name}: {w.test} from this tree")
+                files[w.name], cached = build_selftest(w, prep.patched, self.cfg.kernel, self.cfg.kernel.fragments,
+                                                       self.cfg.cache_dir, log_file)
+                self.progress.say("build", prep.candidate.name,
+                                  f"workload {w.name}: {'cached' if cached else 'built'} {files[w.name].name}")
+            else:
+                assert w.path
+                files[w.name] = w.path
+        return files
 
     def record_config_differences(self, preps: list[Prepared]) -> None:
         """Each built candidate's final .config against the baseline's, for the report."""

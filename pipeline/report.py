@@ -116,6 +116,23 @@ def render_text(results: dict[str, Any], metadata: dict[str, Any], analysis: dic
         if cb["verdict"] in ("no significant change", "inconclusive") and det is not None and not math.isnan(det):
             line += f"; these runs detect boot changes of {det:.0f}% or more"
         out.extend(textwrap.wrap(line, WIDTH, subsequent_indent="    "))
+    if a.get("workloads"):
+        out.append("")
+        for w in a["workloads"]:
+            label, unit = a["metric_labels"].get(w["headline"], (w["headline"], ""))
+            para(f"Second workload {w['name']} ({w['kind']}{' ' + w['test'] if w.get('test') else ''}), "
+                 f"headline {label} ({unit or 'no unit'}), medians; does it agree with the guest boot time?")
+            for r in a["rows"]:
+                s = r["summaries"].get(w["headline"], {})
+                agr = next((g for g in r.get("agreement", []) if g["workload"] == w["name"]), None)
+                if r["is_baseline"]:
+                    line = f"  {r['name']}: {fmt_num(s.get('median', math.nan), 3)} (base)"
+                elif r["status"] != "ok" or agr is None:
+                    line = f"  {r['name']}: {r['status']}"
+                else:
+                    line = (f"  {r['name']}: {fmt_num(s.get('median', math.nan), 3)} {_pct(agr['change_pct'])} "
+                            f"(p {fmt_p(agr['p_value'])}, {agr['verdict']}); {agr['text']}")
+                out.extend(textwrap.wrap(line, WIDTH, subsequent_indent="    "))
     for r in a["rows"]:
         for c in r.get("on_top_of", []):
             b, cpu = c["boot_s"], c["host_cpu_s"]
@@ -171,7 +188,9 @@ _TEST_NAMES = {"mann-whitney": "Mann-Whitney U", "welch-log": "Welch's t on log 
 
 
 def _pct(v: float | None) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:+.1f}%"
+    if not isinstance(v, int | float) or isinstance(v, bool) or math.isnan(v):
+        return "-"
+    return f"{v:+.1f}%"
 
 
 def _updates_hint(results: dict[str, Any]) -> str:

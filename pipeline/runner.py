@@ -75,7 +75,8 @@ def _new_folder(cfg: Config, cands: list[Candidate], run_id: str | None) -> RunF
                                   "workload": vars(cfg.workload_of(c))} for c in cands},
         settings={"alpha": cfg.report.alpha, "min_effect_pct": cfg.report.min_effect_pct,
                   "bootstrap_resamples": cfg.report.bootstrap_resamples, "base_url": cfg.report.base_url,
-                  "compare_across_kinds": cfg.report.compare_across_kinds})
+                  "compare_across_kinds": cfg.report.compare_across_kinds},
+        workloads=[w.as_dict() for w in cfg.workloads])
     for c in cands:
         folder.candidate(c.name)
     return folder

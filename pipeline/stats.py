@@ -105,6 +105,8 @@ def compare(candidate: Sequence[float], baseline: Sequence[float], metric: str =
         verdict = higher_word if change > 0 else lower_word
     elif low <= 0 <= high and (low <= -min_effect_pct or high >= min_effect_pct):
         verdict = INCONCLUSIVE  # the data allow both no change and a change that would matter
+    elif not low <= 0 <= high and abs(change) >= min_effect_pct:
+        verdict = INCONCLUSIVE  # a large change the interval excludes 0 from, but the test does not reach alpha
     else:
         verdict = NO_CHANGE
     return Comparison(change, low, high, p, verdict, test, detectable)

@@ -166,3 +166,26 @@ def test_full_pipeline_run_with_a_failing_candidate(built_kernel, e2e_cache: Pat
     report = tmp_path / "reports" / run_dir.name
     assert (report / "index.html").exists() and (report / "summary.txt").exists()
     assert all(len(line) <= 72 for line in (report / "summary.txt").read_text().splitlines())
+
+
+@pytest.mark.parametrize("test,args,metric", [
+    ("memslot_modification_stress_test", ("-v", "1", "-b", "16M", "-i", "50"), "iteration_ms"),
+    ("memslot_perf_test", ("-f", "0", "-e", "0", "-l", "1", "-r", "1", "-s", "256"), "best_iteration_ms"),
+])
+def test_kvm_selftest_from_the_tree_runs_in_the_test_host(fetched, test_host, e2e_cache: Path, tmp_path: Path,
+                                                          test: str, args: tuple[str, ...], metric: str) -> None:
+    """The second workload for real: built from the imported 6.1 tree (confined, static), copied into the
+    booted test host, run against its /dev/kvm, its own output parsed."""
+    import subprocess
+
+    from pipeline.workloads import ExtraWorkload, build_selftest, run_extra
+
+    install_vmm(test_host, build_vmm(e2e_cache))  # other tests may have run the flash VMM: it does not matter
+    w = ExtraWorkload("st", "kvm-selftest", metric, test=test, args=args, timeout_s=300)
+    patched = apply_changes(Candidate("e2e-baseline", "debian-6.1"), fetched)
+    binary, _ = build_selftest(w, patched, KernelConfig(), (FRAGMENT,), e2e_cache, tmp_path / "selftest.log")
+    headers = subprocess.run(["readelf", "-l", str(binary)], capture_output=True, text=True, check=True).stdout
+    assert "INTERP" not in headers  # statically linked: the test host has no libc of its own to offer
+    metrics, raw = run_extra(test_host, w, binary)
+    assert raw["exit_status"] == 0 and metrics[metric] > 0, raw["output_tail"]
+    print(f"{test}: {metrics}")

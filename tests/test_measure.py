@@ -199,3 +199,29 @@ def test_nothing_is_measured_when_only_references_are_left() -> None:
     assert _worth_measuring(cfg, [prep("base", True)])  # type: ignore[arg-type]  # --only the baseline
     # A control's reference is a reference too.
     assert not _worth_measuring(cfg, [prep("base", True), prep("ref", True), prep("ctl", False, "ref")])  # type: ignore[arg-type]
+
+
+def test_other_workloads_run_in_each_repetition_and_their_failure_is_the_candidates(tmp_path: Path) -> None:
+    from pipeline.workloads import ExtraWorkload, WorkloadOutputError
+
+    script = Script({"a": ["ok"], "b": ["ok"]})
+    m, folder, preps, failures = make(tmp_path, script, counted=2)
+    w = ExtraWorkload("stress", "kvm-selftest", "iteration_ms", test="memslot_modification_stress_test")
+    object.__setattr__(m.cfg, "workloads", (w,))
+    for p in preps:
+        p.extras = {"stress": tmp_path / "binary"}
+    seen: list[str] = []
+
+    def extra(host: Any, wl: ExtraWorkload, path: Path) -> tuple[dict[str, float], dict[str, Any]]:
+        seen.append(host.console_log.parent.name)
+        if host.console_log.parent.name == "b":
+            raise WorkloadOutputError("exited with status 1", "==== Test Assertion Failure ====")
+        return {"iteration_ms": 2.5}, {"exit_status": 0}
+
+    m._extra = extra
+    m.measure_all(preps, None, tmp_path / "vmm")  # type: ignore[arg-type]
+    a = folder.candidate("a")
+    assert [r["metrics"]["stress.iteration_ms"] for r in a["runs"]] == [2.5, 2.5]
+    assert a["runs"][0]["raw"]["workloads"]["stress"] == {"exit_status": 0}
+    assert failures == ["b:run:workload-failed"]  # not retried: the selftest failing is the kernel's answer
+    assert "Test Assertion Failure" in folder.candidate("b")["stages"]["run"]["excerpt"]
