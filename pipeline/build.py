@@ -1,6 +1,6 @@
 """build: configure and build a candidate's kernel, incrementally in place, cached by content.
 
-Candidates on the same tree and kernel config share one build slot,
+Candidates built with the same kernel config share one build slot,
 `<cache>/slots/<id>/`: a checkout of the object store (`src/`) with the build
 directory inside it (`src/build`, so kbuild sees the source as `..`). Switching
 the slot to a candidate's commit rewrites only the files that differ, so make
@@ -178,10 +178,12 @@ def compile_env(cache_dir: Path, src: Path, local_jobs: int,
     return env, [f"CC={cc}", "HOSTCC=gcc"], max(1, jobs)
 
 
-def slot_path(cache_dir: Path, tree_name: str, kernel: KernelConfig, fragments: tuple[Path, ...]) -> Path:
-    """The build slot shared by every candidate of this tree and config."""
+def slot_path(cache_dir: Path, kernel: KernelConfig, fragments: tuple[Path, ...]) -> Path:
+    """The build slot shared by every candidate built with this config, whatever its tree or commit
+    (they all live in one object store): switching between commits of one history rebuilds only what
+    differs, so a bisection builds each step in place."""
     h = hashlib.sha256()
-    for part in (BUILD_LAYOUT_VERSION, tree_name, kernel.base):
+    for part in (BUILD_LAYOUT_VERSION, kernel.base):
         h.update(part.encode() + b"\0")
     for frag in fragments:
         h.update(frag.read_bytes() + b"\0")
@@ -240,7 +242,7 @@ def build_kernel(patched: PatchedTree, kernel: KernelConfig, base_fragments: tup
         return hit
     _check_disk(cache_dir)
     start = time.monotonic()
-    slot = slot_path(cache_dir, patched.tree.name, kernel, fragments)
+    slot = slot_path(cache_dir, kernel, fragments)
     wt, switched = checkout_slot(slot, store, patched.commit, None)
     bdir = wt / "build"
     mark = slot / "building"  # present while a build runs: a crash or failure leaves it behind
@@ -341,7 +343,7 @@ def run_in_slot(patched: PatchedTree, kernel: KernelConfig, base_fragments: tupl
     `steps_for(src, out)` gets the source and an output directory under build/ as the steps see them;
     returns that output directory as this process sees it."""
     fragments = base_fragments + patched.config_fragments
-    slot = slot_path(cache_dir, patched.tree.name, kernel, fragments)
+    slot = slot_path(cache_dir, kernel, fragments)
     wt, _ = checkout_slot(slot, patched.tree.store, patched.commit, None)
     bdir = wt / "build"
     bdir.mkdir(exist_ok=True)

@@ -140,7 +140,7 @@ def cmd_triage(args: argparse.Namespace) -> int:
     from .triage import run_triage
 
     cfg = load_config(args.config, args.hosts)
-    t = run_triage(cfg, args.source, _progress(args))
+    t = run_triage(cfg, args.source, _progress(args), bisect=args.bisect)
     print(t.first_paragraph)
     for w in t.warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -148,6 +148,23 @@ def cmd_triage(args: argparse.Namespace) -> int:
     print(f"send it with: git send-email --confirm=always {t.reply}\n"
           f"          or: /usr/sbin/sendmail -t < {t.reply}")
     return exitcodes.for_analysis(t.analysis)
+
+
+def cmd_bisect(args: argparse.Namespace) -> int:
+    from .bisect import Bisector, tree_for_bisect
+    from .bisect import render_text as bisect_text
+    from .bisect import write_report as bisect_report
+    cfg = load_config(args.config, args.hosts)
+    folder = Path(args.resume) if args.resume else None
+    if folder and not (folder / "bisect.json").exists():
+        raise UserError(f"--resume {args.resume}: no bisect.json there")
+    b = Bisector(cfg, tree_for_bisect(cfg, args.tree), args.good, args.bad, args.metric, args.start_rounds,
+                 args.max_rounds, folder, _progress(args))
+    result = b.run()
+    out = bisect_report(result, cfg.report.dir)
+    print(bisect_text(result))
+    print(f"report: {out / 'index.html'}\nstate:  {result.folder / 'bisect.json'} (continue with --resume)")
+    return exitcodes.OK if result.first_bad else exitcodes.INCOMPLETE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -189,6 +206,17 @@ def _parser() -> argparse.ArgumentParser:
     tri = add("triage", cmd_triage, "evaluate a posted patch series (mbox, maildir message or Message-ID) "
                                     "against the baseline and write a reply email", [config, hosts])
     tri.add_argument("source", help="an mbox file, a maildir message file, or a Message-ID (fetched with b4)")
+    tri.add_argument("--bisect", action="store_true", help="when a series of several patches regresses, bisect "
+                                                          "it to the patch that does")
+    bis = add("bisect", cmd_bisect, "find the first commit between a good and a bad revision whose measurement "
+                                    "differs from the good end's", [config, hosts])
+    bis.add_argument("--good", required=True, help="a revision measured as good (commit, tag, branch)")
+    bis.add_argument("--bad", required=True, help="a later revision measured as bad")
+    bis.add_argument("--tree", help="the tree (a key of trees:) whose history is bisected (default: the baseline's)")
+    bis.add_argument("--metric", default="boot_s", help="the metric judged (default: boot_s, the guest boot time)")
+    bis.add_argument("--start-rounds", type=int, default=3, help="rounds per step before the first verdict")
+    bis.add_argument("--max-rounds", type=int, default=7, help="most rounds a step takes when inconclusive")
+    bis.add_argument("--resume", metavar="FOLDER", help="continue a bisection (its folder, with bisect.json)")
     return p
 
 

@@ -341,8 +341,35 @@ class TriageResult:
     warnings: tuple[str, ...] = ()
 
 
-def run_triage(cfg: Config, source: str, progress: Any = None) -> TriageResult:
-    """Evaluate a posted series against the baseline: parse it, run both, render the report and the reply."""
+def series_commits(results: dict[str, Any], cand: str) -> tuple[str, list[str]]:
+    """(base commit, one commit per patch in order) of a triaged series, from its patch stage."""
+    stage = results["candidates"][cand]["stages"].get("patch", {})
+    commits = [p["commit"] for ch in stage.get("changes", []) for p in ch.get("patches", [])]
+    return stage.get("base_commit", ""), commits
+
+
+def bisect_series(cfg: Config, results: dict[str, Any], cand: str, series: Series, progress: Any) -> str:
+    """Which patch of a regressing series regresses: a bisection over its commits. Returns a paragraph."""
+    from .bisect import Bisector
+    from .bisect import write_report as bisect_report
+
+    base, commits = series_commits(results, cand)
+    if len(commits) < 2 or not base:
+        return ""
+    tree = next(c.tree for c in cfg.candidates if c.name == cand)
+    r = Bisector(cfg, tree, base, commits[-1], progress=progress).run()
+    out = bisect_report(r, cfg.report.dir)
+    if r.first_bad is None:
+        return f"A bisection over the series could not single out one patch ({r.status}); see {out / 'index.html'}."
+    i = commits.index(r.first_bad)
+    patch = series.patches[i]
+    return (f"A bisection over the series ({len(r.steps)} steps) names patch {patch.number} as the first that "
+            f"regresses: \"{patch.subject}\" ({r.first_bad[:12]}); bisection report: {out / 'index.html'}.")
+
+
+def run_triage(cfg: Config, source: str, progress: Any = None, bisect: bool = False) -> TriageResult:
+    """Evaluate a posted series against the baseline: parse it, run both, render the report and the reply.
+    With `bisect`, a series of several patches that regresses is bisected to the patch that does it."""
     from .analysis import analyze
     from .progress import Progress
     from .report import load_run, render_text, report_url, write_report
@@ -363,6 +390,10 @@ def run_triage(cfg: Config, source: str, progress: Any = None) -> TriageResult:
     results, metadata = load_run(folder.path)
     a = analyze(results)
     first = outcome(results, a, cand, series) + f"\n\n(The series was {note}.)"
+    if bisect and cand in a["regressions"]:
+        found = bisect_series(tcfg, results, cand, series, progress)
+        if found:
+            first += "\n\n" + found
     link = report_url(cfg.report.base_url, folder.run_id)
     passed = results["candidates"][cand].get("status") == "ok" and cand not in a["regressions"]
     reply, warnings = write_reply(series, render_text(results, metadata, a), first, link, out / "reply.eml",

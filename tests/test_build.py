@@ -71,7 +71,7 @@ def hostile_slot(fetched, e2e_cache: Path, tmp_path_factory: pytest.TempPathFact
     frag = tmp_path_factory.mktemp("hostile") / "hostile.config"
     frag.write_text("# hostile-build tests\nCONFIG_KVM=y\n")
     kernel = KernelConfig(build_timeout_s=30)
-    slot = slot_path(e2e_cache, "debian-6.1", kernel, (FRAGMENT, frag))
+    slot = slot_path(e2e_cache, kernel, (FRAGMENT, frag))
     yield kernel, (FRAGMENT, frag)
     shutil.rmtree(slot, ignore_errors=True)
     git(["worktree", "prune"], fetched.store)

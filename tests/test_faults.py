@@ -113,7 +113,7 @@ def test_sigterm_mid_build_then_resume(built_kernel, e2e_cache: Path, tmp_path: 
     frag = tmp_path / "localversion.config"
     frag.write_text(f'CONFIG_LOCALVERSION="-fault{os.getpid()}"\n')  # a build nobody has cached
     # A config of its own: a build slot of its own, empty, so the build takes long enough to be interrupted.
-    slot = slot_path(e2e_cache, "debian-6.1", KernelConfig(), (FRAGMENT, frag))
+    slot = slot_path(e2e_cache, KernelConfig(), (FRAGMENT, frag))
     try:
         _sigterm_mid_build_then_resume(before, frag, e2e_cache, tmp_path)
     finally:

@@ -273,3 +273,13 @@ def test_comment_only_series_is_answered_as_binary_identical_without_measuring(
     assert results["candidates"]["base"]["runs"] == []  # nothing was booted to answer
     body = email.message_from_bytes((report / "reply.eml").read_bytes(), policy=email.policy.default).get_content()
     assert "byte-for-byte the baseline's" in body and "cannot change the measurement" in body
+
+
+def test_series_commits_for_a_bisection_come_from_the_patch_stage() -> None:
+    from pipeline.triage import series_commits
+
+    results = {"candidates": {"s": {"stages": {"patch": {"base_commit": "b" * 40, "changes": [
+        {"kind": "patch", "source": "0001.patch", "patches": [{"subject": "one", "author": "a", "commit": "1" * 40}]},
+        {"kind": "patch", "source": "0002.patch", "patches": [{"subject": "two", "author": "a", "commit": "2" * 40}]},
+    ]}}}}}
+    assert series_commits(results, "s") == ("b" * 40, ["1" * 40, "2" * 40])
