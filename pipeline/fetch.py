@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import tarfile
 import tempfile
 import time
@@ -47,6 +48,17 @@ def object_store(cache_dir: Path) -> Path:
             cw.set_value("gc", "auto", "0")
             cw.set_value("core", "logAllRefUpdates", "false")
     return store
+
+
+def retire_old_layout(cache_dir: Path) -> None:
+    """Caches made before build slots held one 1.5 GB worktree per candidate: remove them once."""
+    old = cache_dir / "worktrees"
+    if old.is_dir():
+        log.info("removing %s (one checkout per candidate is no longer used)", old)
+        shutil.rmtree(old, ignore_errors=True)
+        store = cache_dir / "git" / "store.git"
+        if (store / "HEAD").exists():
+            git(["worktree", "prune"], store, check=False)
 
 
 def sha256_file(path: Path) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 from .build import BuildFailed, build_kernel, config_differences
 from .config import Candidate, Config
 from .errors import UserError
-from .fetch import FetchedTree, fetch_tree, sha256_file
+from .fetch import FetchedTree, fetch_tree, retire_old_layout, sha256_file
 from .measure import Prepared
 from .patch import PatchFailed, UnsafePatch, apply_changes, check_changes
 from .progress import Progress
@@ -25,6 +25,7 @@ class Preparer:
         self.progress = progress
         self.distcc = distcc
         self.trees: dict[str, FetchedTree] = {}
+        retire_old_layout(cfg.cache_dir)
 
     def prepare_all(self, cands: list[Candidate]) -> list[Prepared]:
         """Fetch, patch and build each candidate; one that differs from an earlier one only in its
