@@ -13,7 +13,7 @@ SUDO=""
 packages=(
   git make gcc libc6-dev flex bison bc cpio xz-utils kmod libelf-dev libssl-dev ccache
   qemu-system-x86 busybox-static dropbear-bin openssh-sftp-server openssh-client
-  linux-source-6.1 python3 python3-venv python3-pip bubblewrap util-linux
+  linux-source-6.1 python3 python3-venv python3-pip bubblewrap util-linux rsync
 )
 # Tests also start real sshd and distccd daemons on 127.0.0.1 as pool hosts.
 [ "$with_tests" = 1 ] && packages+=(chromium chromium-driver openssh-server distcc)

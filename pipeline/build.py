@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -38,6 +39,7 @@ from .patch import PatchedTree
 from .proc import CommandResult, CommandTimeout, run
 from .sandbox import BUILD_USER, INSIDE_CCACHE, INSIDE_SRC, Sandbox, forget_owner
 
+log = logging.getLogger(__name__)
 BUILD_LAYOUT_VERSION = "2"  # 2: shared in-place slots, reproducible version, sandbox paths
 MIN_FREE_BYTES = 3 * 1024**3  # a tinyconfig build dir is ~170 MB; sources and ccache need the rest
 _OPTION_RE = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$|^# (CONFIG_[A-Za-z0-9_]+) is not set$")
@@ -196,9 +198,15 @@ def checkout_slot(slot: Path, store: Path, commit: str, log_file: Path | None = 
     src = slot / "src"
     if (src / ".git").is_file():
         previous = git(["rev-parse", "HEAD"], src, check=False).output.strip()
-        git(["checkout", "--quiet", "--force", "--detach", commit], src, log_file)
-        git(["clean", "-ffdqx", "-e", "/build/"], src, log_file)
-        return src, previous != commit
+        gitdir = git(["rev-parse", "--absolute-git-dir"], src, check=False).output.strip()
+        if gitdir:
+            # A checkout killed midway leaves its lock; the slot is ours alone (the cache lock), so it is stale.
+            Path(gitdir, "index.lock").unlink(missing_ok=True)
+        res = git(["checkout", "--quiet", "--force", "--detach", commit], src, log_file, check=False)
+        if res.returncode == 0:
+            git(["clean", "-ffdqx", "-e", "/build/"], src, log_file)
+            return src, previous != commit
+        log.warning("build slot %s: checkout failed (%s); making it again", slot, res.tail(2))
     if src.exists():
         shutil.rmtree(src)
     git(["worktree", "prune"], store, log_file)

@@ -14,6 +14,7 @@ TOOLS = {  # command -> Debian package (setup.sh installs the same list)
     "dropbear": "dropbear-bin", "dropbearkey": "dropbear-bin", "ssh-keygen": "openssh-client",
     "/usr/lib/openssh/sftp-server": "openssh-sftp-server", "xz": "xz-utils", "ldd": "libc-bin",
     "bwrap": "bubblewrap", "setpriv": "util-linux", "prlimit": "util-linux",
+    "rsync": "rsync",  # make headers_install, for KVM selftests built from the tree
 }
 HEADERS = {"/usr/include/libelf.h": "libelf-dev", "/usr/include/openssl/ssl.h": "libssl-dev"}
 

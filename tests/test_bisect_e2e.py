@@ -24,7 +24,9 @@ def _edit(files: dict[str, list[str]], path: str, new: list[str], out: Path) -> 
 
 
 def test_bisection_names_the_regressing_commit_and_skips_the_broken_one(fetched, built_kernel, e2e_cache: Path,
-                                                                        tmp_path: Path) -> None:
+                                                                        tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KPIPE_CACHE_DIR", str(e2e_cache))  # the history below is made in this cache's store
     def show(path: str) -> list[str]:
         return git(["show", f"{fetched.commit}:{path}"], fetched.store).output.splitlines(keepends=True)
 
