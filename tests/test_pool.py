@@ -36,6 +36,9 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the test sshd daemons
 def _cfg(tmp_path: Path, hosts: str) -> Path:
     p = tmp_path / "pipeline.yaml"
     (tmp_path / "key").write_text("not really a key\n")
+    (tmp_path / "key").chmod(0o600)
+    (tmp_path / "open-key").write_text("not really a key\n")
+    (tmp_path / "open-key").chmod(0o644)
     p.write_text(f"""trees:
   t: {{git: /nonexistent}}
 baseline: a
@@ -70,6 +73,7 @@ def _no_hosts(tmp_path: Path) -> Path:
     ("  - {name: lab1}\n", r"hosts\[0\]: missing required key 'host'.*pipeline.yaml:10"),
     ("  - {name: a, host: h}\n  - {name: a, host: g}\n", r"hosts\[1\].name: duplicate host name 'a'.*:11"),
     ("  - {name: a, host: h, port: 70000}\n", r"hosts\[0\].port: invalid value 70000: 1 to 65535"),
+    ("  - {name: a, host: h, key: open-key}\n", r"hosts\[0\].key: open-key can be read by other users.*chmod 600"),
     ("  - {name: a, local: true, key: key}\n", r"hosts\[0\].key: not used for the local machine"),
     ("  - {name: a, host: 'h; rm -rf /'}\n", r"hosts\[0\].host: invalid value"),
     ("  - {name: a, host: h, workdir: tmp}\n", r"hosts\[0\].workdir: .*an absolute path"),
