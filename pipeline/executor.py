@@ -99,6 +99,7 @@ class LocalExecutor:
     def __init__(self, name: str = "local", workdir: str = "/var/tmp/kpipe"):
         self._name = name
         self.workdir = workdir
+        self._mine: set[LocalProcess] = set()  # what close() stops: this executor's own test hosts
 
     @property
     def name(self) -> str:
@@ -115,6 +116,7 @@ class LocalExecutor:
         proc = LocalProcess(popen, self._live)
         with self._lock:
             self._live.add(proc)
+            self._mine.add(proc)
         return proc
 
     def free_port(self) -> int:
@@ -149,7 +151,13 @@ class LocalExecutor:
         return local_probe(self.workdir)
 
     def close(self) -> None:
-        pass
+        """Stop every test host this executor started that is still running (a run's end); test hosts of
+        other executors in this process (another run's, a test session's) are left alone."""
+        with self._lock:
+            mine, self._mine = list(self._mine), set()
+        for proc in mine:
+            if proc.alive():
+                proc.terminate(grace_s=2.0)
 
     def abort(self) -> None:
         self.kill_all()

@@ -157,7 +157,6 @@ def _run_locked(cfg: Config, folder: RunFolder, cands: list[Candidate], progress
         if hosts:
             folder.update(hosts=[h.as_dict() for h in hosts])
         for h in hosts:
-            h.executor.close()
-        LocalExecutor.kill_all()
+            h.executor.close()  # a local executor stops the test hosts it started, and only those
         signal.signal(signal.SIGTERM, old_term)
         folder.update(finished=now_iso())
