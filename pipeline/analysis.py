@@ -226,13 +226,18 @@ def _headline(rows: list[dict[str, Any]], baseline: str) -> str:
     return f"vs {baseline}: " + "; ".join(parts) if parts else f"only the baseline ({baseline}) was measured"
 
 
+def is_number(value: object) -> bool:
+    """A real, non-NaN number (not a bool, None or a template's undefined value)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
+
+
 def fmt_num(value: float, digits: int = 2) -> str:
-    if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
+    if not is_number(value):
         return "-"
     return f"{value:.{digits}f}"
 
 
 def fmt_p(p: float) -> str:
-    if not isinstance(p, int | float) or isinstance(p, bool) or math.isnan(p):
+    if not is_number(p):
         return "-"
     return f"{p:.4f}" if p >= 0.0001 else f"{p:.1e}"

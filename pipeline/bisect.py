@@ -314,10 +314,8 @@ class Bisector:
 
 
 def tree_for_bisect(cfg: Config, tree: str | None) -> str:
-    name = tree or cfg.candidate(cfg.baseline).tree
-    if name not in cfg.trees:
-        raise UserError(f"--tree: no tree named {name!r}; trees: {', '.join(cfg.trees)}")
-    return name
+    """--tree, or the baseline's tree (Bisector checks that it exists)."""
+    return tree or cfg.candidate(cfg.baseline).tree
 
 
 

@@ -259,10 +259,8 @@ def build_kernel(patched: PatchedTree, kernel: KernelConfig, base_fragments: tup
         switched = False
     bdir.mkdir(exist_ok=True)
     mark.write_text(f"{patched.commit}\n")
-    box = Sandbox(wt, bdir, cache_dir / "ccache") if confined else None
-    inside = INSIDE_SRC if box else wt
+    box, inside = _confine(wt, bdir, cache_dir, confined)
     if box:
-        box.prepare()
         distcc_hosts = ()
     else:
         (cache_dir / "ccache").mkdir(parents=True, exist_ok=True)
@@ -274,16 +272,10 @@ def build_kernel(patched: PatchedTree, kernel: KernelConfig, base_fragments: tup
     deadline = time.monotonic() + kernel.build_timeout_s
     log_file.parent.mkdir(parents=True, exist_ok=True)
 
+    late = f"kernel build still running after kernel.build_timeout_s = {kernel.build_timeout_s} s; stopped"
+
     def step(argv: list[str], logf: IO[str]) -> CommandResult:
-        left = deadline - time.monotonic()
-        try:
-            if left <= 0:
-                raise CommandTimeout(CommandResult(argv, -9, ""), kernel.build_timeout_s)
-            argv_run = box.wrap(argv, env) if box else argv
-            return run(argv_run, cwd=wt, env=None if box else env, log_file=logf, check=False, timeout=left)
-        except CommandTimeout as exc:
-            raise BuildFailed(f"kernel build still running after kernel.build_timeout_s = "
-                              f"{kernel.build_timeout_s} s; stopped", exc.result.tail(20), "build-timeout") from None
+        return _run_step(argv, box, env, wt, logf, deadline, late)
 
     with open(log_file, "a", encoding="utf-8") as logf:
         if box:
@@ -301,8 +293,7 @@ def build_kernel(patched: PatchedTree, kernel: KernelConfig, base_fragments: tup
         check_config(wt, final, fragments)
         res = step(make + ["bzImage"], logf)
         if res.returncode != 0:
-            errors = [line for line in res.output.splitlines() if _ERROR_RE.search(line)]
-            raise BuildFailed("kernel build failed", "\n".join(errors[-25:]) or res.tail(25))
+            raise BuildFailed("kernel build failed", _error_lines(res))
         warnings = sum(1 for line in res.output.splitlines() if "warning:" in line)
         res = step(make + ["-s", "kernelrelease"], logf)
         if res.returncode != 0:
@@ -326,6 +317,35 @@ def build_kernel(patched: PatchedTree, kernel: KernelConfig, base_fragments: tup
     os.replace(tmp, out)
     return BuildArtifacts(key, out, out / "bzImage", out / "config", out / "System.map", release, seconds,
                           warnings, False, out / "build.log", digest, bool(box), switched)
+
+
+def _confine(wt: Path, bdir: Path, cache_dir: Path, confined: bool) -> tuple[Sandbox | None, Path]:
+    """The sandbox for a build in this slot (None when unconfined) and where the steps see the source."""
+    if not confined:
+        return None, wt
+    box = Sandbox(wt, bdir, cache_dir / "ccache")
+    box.prepare()
+    return box, INSIDE_SRC
+
+
+def _run_step(argv: list[str], box: Sandbox | None, env: dict[str, str], wt: Path, logf: IO[str], deadline: float,
+              late: str) -> CommandResult:
+    """One build step, confined when `box` is given, within what is left before `deadline`; running past
+    it is BuildFailed with status build-timeout and the message `late`."""
+    left = deadline - time.monotonic()
+    try:
+        if left <= 0:
+            raise CommandTimeout(CommandResult(argv, -9, ""), 0)
+        return run(box.wrap(argv, env) if box else argv, cwd=wt, env=None if box else env, log_file=logf,
+                   check=False, timeout=left)
+    except CommandTimeout as exc:
+        raise BuildFailed(late, exc.result.tail(20), "build-timeout") from None
+
+
+def _error_lines(res: CommandResult) -> str:
+    """The lines of a failed build that say what failed, or its tail when none does."""
+    errors = [line for line in res.output.splitlines() if _ERROR_RE.search(line)]
+    return "\n".join(errors[-25:]) or res.tail(25)
 
 
 def _fragment_paths(fragments: tuple[Path, ...], box: Sandbox | None, bdir: Path) -> list[Path]:
@@ -357,22 +377,12 @@ def run_in_slot(patched: PatchedTree, kernel: KernelConfig, base_fragments: tupl
     bdir.mkdir(exist_ok=True)
     out_real = bdir / subdir
     shutil.rmtree(out_real, ignore_errors=True)
-    box = Sandbox(wt, bdir, cache_dir / "ccache") if kernel.sandbox else None
-    inside = INSIDE_SRC if box else wt
-    if box:
-        box.prepare()
+    box, inside = _confine(wt, bdir, cache_dir, kernel.sandbox)
     env = {"LC_ALL": "C", "KBUILD_BUILD_TIMESTAMP": "2000-01-01"}
     deadline = time.monotonic() + timeout_s
     with open(log_file, "a", encoding="utf-8") as logf:
         for argv in steps_for(inside, inside / "build" / subdir):
-            left = deadline - time.monotonic()
-            try:
-                res = run(box.wrap(argv, env) if box else argv, cwd=wt, env=None if box else env, log_file=logf,
-                          check=False, timeout=max(1.0, left))
-            except CommandTimeout as exc:
-                raise BuildFailed(f"still running after {timeout_s:.0f} s; stopped", exc.result.tail(20),
-                                  "build-timeout") from None
+            res = _run_step(argv, box, env, wt, logf, deadline, f"still running after {timeout_s:.0f} s; stopped")
             if res.returncode != 0:
-                errors = [line for line in res.output.splitlines() if _ERROR_RE.search(line)]
-                raise BuildFailed(f"{subdir} build failed", "\n".join(errors[-25:]) or res.tail(25))
+                raise BuildFailed(f"{subdir} build failed", _error_lines(res))
     return out_real

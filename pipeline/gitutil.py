@@ -30,7 +30,3 @@ def git(args: Sequence[str], cwd: Path, log_file: Path | None = None, check: boo
     return proc.run(["git", "-c", "gc.auto=0", "-c", "core.hooksPath=/dev/null", *args], cwd=cwd,
                     env=merged, log_file=log_file, check=check, timeout=timeout,
                     input_text=input_text, stdin_file=stdin_file)
-
-
-def head(worktree: Path) -> str:
-    return git(["rev-parse", "HEAD"], worktree).output.strip()

@@ -173,12 +173,12 @@ class _Stage:
         return git(args, self.tmp, self.log, check=check, env={**self.env, **(env or {})}, input_text=input_text,
                    stdin_file=stdin_file)
 
-    def apply(self, patch: Path, reverse: bool = False) -> tuple[bool, str]:
+    def apply(self, patch: Path, reverse: bool = False) -> CommandResult:
         args = ["apply", "--cached", "--verbose", *(["-R"] if reverse else []), str(patch)]
         res = self.git(args, check=False)
         if res.returncode != 0:
             self.git(["read-tree", self.commit])  # back to the last good state
-        return res.returncode == 0, res.output
+        return res
 
     def commit_staged(self, message: str, author: dict[str, str] | None = None) -> str:
         tree = self.git(["write-tree"]).output.strip()
@@ -220,10 +220,6 @@ def _failure_location(output: str) -> str:
     return ""
 
 
-def _tail(text: str, lines: int = 15) -> str:
-    return "\n".join(text.splitlines()[-lines:])
-
-
 def _mailinfo(stage: _Stage, mail: Path) -> tuple[dict[str, str], str, Path]:
     """Author, commit message and diff of one mail, the way `git am` reads them."""
     msg, diff = mail.with_suffix(".msg"), mail.with_suffix(".diff")
@@ -253,25 +249,25 @@ def _apply_patch(change: Change, stage: _Stage) -> AppliedChange:
         # -b: a single mail without a leading "From " line is one message, as for git am.
         res = stage.git(["mailsplit", "-b", "--keep-cr", f"-o{mails}", "--", str(change.path)], check=False)
         if res.returncode != 0:
-            raise PatchFailed(change, f"not a readable mailbox: {_tail(res.output, 3)}")
+            raise PatchFailed(change, f"not a readable mailbox: {res.tail(3)}")
         for n, mail in enumerate(sorted(p for p in mails.iterdir() if p.suffix == ""), 1):
             author, message, diff = _mailinfo(stage, mail)
             subject = message.splitlines()[0]
             if not diff.read_text(errors="replace").strip():
                 raise PatchFailed(change, f"Patch is empty: {subject}", f"{n:04d} {subject}")
-            ok, output = stage.apply(diff)
-            if not ok:
-                raise PatchFailed(change, _tail(output) + f"\nPatch failed at {n:04d} {subject}",
-                                  _failure_location(output) or f"{n:04d} {subject}")
+            res = stage.apply(diff)
+            if res.returncode != 0:
+                raise PatchFailed(change, res.tail(15) + f"\nPatch failed at {n:04d} {subject}",
+                                  _failure_location(res.output) or f"{n:04d} {subject}")
             result.commits.append(stage.commit_staged(message, author))
             result.authors.append(f"{author['GIT_AUTHOR_NAME']} <{author['GIT_AUTHOR_EMAIL']}>")
             result.subjects.append(subject)
         if not result.commits:
             raise PatchFailed(change, "no patch found in the mailbox")
     else:
-        ok, output = stage.apply(change.path)
-        if not ok:
-            raise PatchFailed(change, _tail(output), _failure_location(output))
+        res = stage.apply(change.path)
+        if res.returncode != 0:
+            raise PatchFailed(change, res.tail(15), _failure_location(res.output))
         subject = f"Apply {change.path.name}"
         result.commits.append(stage.commit_staged(subject + "\n"))
         result.authors.append("kpipe <kpipe@localhost>")
@@ -291,8 +287,8 @@ def _revert(change: Change, stage: _Stage) -> AppliedChange:
     subject = stage.git(["log", "-1", "--format=%s", sha]).output.strip()
     diff = stage.tmp / "revert.diff"
     diff.write_text(stage.git(["diff-tree", "-p", "--binary", "--full-index", parents[0], sha]).output)
-    ok, output = stage.apply(diff, reverse=True)
-    if not ok:
-        raise PatchFailed(change, _tail(output), _failure_location(output))
+    applied = stage.apply(diff, reverse=True)
+    if applied.returncode != 0:
+        raise PatchFailed(change, applied.tail(15), _failure_location(applied.output))
     commit = stage.commit_staged(f'Revert "{subject}"\n\nThis reverts commit {sha}.\n')
     return AppliedChange(change.kind, change.value, [f'Revert "{subject}"'], ["kpipe <kpipe@localhost>"], [commit])

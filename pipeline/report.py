@@ -12,7 +12,7 @@ from typing import Any
 
 import jinja2
 
-from .analysis import METRICS, analyze, fmt_num, fmt_p
+from .analysis import METRICS, analyze, fmt_num, fmt_p, is_number
 from .errors import UserError
 from .results import read_results
 
@@ -188,9 +188,7 @@ _TEST_NAMES = {"mann-whitney": "Mann-Whitney U", "welch-log": "Welch's t on log 
 
 
 def _pct(v: float | None) -> str:
-    if not isinstance(v, int | float) or isinstance(v, bool) or math.isnan(v):
-        return "-"
-    return f"{v:+.1f}%"
+    return f"{v:+.1f}%" if is_number(v) else "-"
 
 
 def _updates_hint(results: dict[str, Any]) -> str:
