@@ -23,6 +23,7 @@ from .build import BuildArtifacts
 from .config import TestHost
 from .errors import InfraError, PipelineError
 from .executor import Executor, Process
+from .hostcmd import MAX_OUTPUT_BYTES, RemoteResult, put_file, run_command
 from .initramfs import Initramfs
 from .machines import Accelerator
 
@@ -74,9 +75,17 @@ class BootedHost:
     kernel_release: str
     info: dict = field(default_factory=dict)
 
-    def run(self, command: list[str], timeout: float | None = None, warn: bool = True):
-        """Run a remote command; every word is shell-quoted."""
-        return self.connection.run(shlex.join(command), hide=True, warn=warn, timeout=timeout, in_stream=False)
+    def run(self, command: list[str], timeout: float | None = None, max_bytes: int = MAX_OUTPUT_BYTES) -> RemoteResult:
+        """Run a command in the test host (every word shell-quoted), keeping at most `max_bytes` of each
+        stream; past `timeout` raises RemoteTimeout."""
+        transport = self.connection.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise InfraError("the SSH link to the test host is closed")
+        return run_command(transport, shlex.join(command), timeout, max_bytes)
+
+    def put(self, local: str, remote: str, timeout: float = 120) -> None:
+        """Upload a file into the test host over SFTP, with a timeout."""
+        put_file(self.connection.client, local, remote, timeout)
 
 
 def _connect(port: int, initramfs: Initramfs, gateway: fabric.Connection | None = None) -> fabric.Connection:

@@ -16,6 +16,23 @@ compiler were built before needs no checkout at all.
 
 Builds run confined (pipeline.sandbox) unless the config says the patches
 are trusted.
+
+The trust boundary. A build is *trusted* when it is unconfined (the config
+says its patches are trusted) or when its source is exactly a commit of a
+tree the config names, unpatched. Every other build is untrusted, and
+nothing it writes is later executed, followed or read as configuration by
+anything outside it, nor by another candidate's build:
+
+- it builds in a private copy of the slot's build directory (`scratch/`,
+  seeded from the trusted one, so a one-file series still compiles one
+  file); the trusted build directory (`src/build`) is not even visible to it;
+- it reads the shared ccache and adds nothing to it (read-only mount,
+  CCACHE_READONLY); ccache's configuration is pinned for every build
+  (CCACHE_CONFIGPATH), never read from the cache directory;
+- its artifacts are taken only as regular files, opened component by
+  component without following links, hashed after the copy (safefs);
+- the stamps and marks the pipeline keeps live outside every directory a
+  build can write.
 """
 from __future__ import annotations
 
@@ -37,10 +54,11 @@ from .fetch import sha256_file
 from .gitutil import git
 from .patch import PatchedTree
 from .proc import CommandResult, CommandTimeout, run
-from .sandbox import BUILD_USER, INSIDE_CCACHE, INSIDE_SRC, Sandbox, forget_owner
+from .safefs import UnsafeArtifact, copy_regular, read_regular_text, remove_tree
+from .sandbox import BUILD_USER, INSIDE_FRAGMENTS, INSIDE_SRC, Sandbox, forget_owner, remove_planted_config
 
 log = logging.getLogger(__name__)
-BUILD_LAYOUT_VERSION = "2"  # 2: shared in-place slots, reproducible version, sandbox paths
+BUILD_LAYOUT_VERSION = "3"  # 2: shared in-place slots, reproducible version, sandbox paths; 3: trust boundary
 MIN_FREE_BYTES = 3 * 1024**3  # a tinyconfig build dir is ~170 MB; sources and ccache need the rest
 _OPTION_RE = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$|^# (CONFIG_[A-Za-z0-9_]+) is not set$")
 _ERROR_RE = re.compile(r"(error:|Error \d+|undefined reference|\*\*\*)")
@@ -154,6 +172,7 @@ def compile_env(cache_dir: Path, src: Path, local_jobs: int,
     leave this machine). Reproducible: fixed timestamp, user, host and build number."""
     env = {
         "CCACHE_DIR": str(cache_dir / "ccache"),
+        "CCACHE_CONFIGPATH": "/dev/null",  # never a ccache.conf from the (build-writable) cache directory
         "CCACHE_BASEDIR": str(src),
         "CCACHE_NOHASHDIR": "1",
         "CCACHE_MAXSIZE": "5G",
@@ -238,7 +257,7 @@ def build_kernel(patched: PatchedTree, kernel: KernelConfig, base_fragments: tup
     change the artifact key, since the same compiler version is required there.
     `sandbox` defaults to kernel.sandbox; distcc needs the network, so it is
     used only for unconfined builds. `reuse=False` builds even when the
-    artifacts are cached; `clean=True` empties the slot's build directory first.
+    artifacts are cached; `clean=True` starts from an empty build directory.
     """
     confined = kernel.sandbox if sandbox is None else sandbox
     fragments = base_fragments + patched.config_fragments
@@ -252,23 +271,15 @@ def build_kernel(patched: PatchedTree, kernel: KernelConfig, base_fragments: tup
     start = time.monotonic()
     slot = slot_path(cache_dir, kernel, fragments)
     wt, switched = checkout_slot(slot, store, patched.commit, None)
-    bdir = wt / "build"
-    mark = slot / "building"  # present while a build runs: a crash or failure leaves it behind
-    if clean or mark.exists():
-        shutil.rmtree(bdir, ignore_errors=True)
-        switched = False
-    bdir.mkdir(exist_ok=True)
-    mark.write_text(f"{patched.commit}\n")
-    box, inside = _confine(wt, bdir, cache_dir, confined)
+    place = _place(slot, wt, cache_dir, confined, patched.trusted or not confined, patched.commit, fragments,
+                   clean, switched)
+    bdir, box = place.bdir, place.box
     if box:
         distcc_hosts = ()
-    else:
-        (cache_dir / "ccache").mkdir(parents=True, exist_ok=True)
-        forget_owner(bdir, cache_dir / "ccache")
-    env, cc_args, jobs = compile_env(cache_dir, inside, kernel.make_jobs or os.cpu_count() or 1, distcc_hosts)
+    env, cc_args, jobs = compile_env(cache_dir, place.inside, kernel.make_jobs or os.cpu_count() or 1, distcc_hosts)
     if box:
-        env["CCACHE_DIR"] = str(INSIDE_CCACHE)
-    make = ["make", "-C", str(inside), "O=build", f"-j{jobs}", *cc_args]
+        env.update(box.ccache_env())
+    make = ["make", "-C", str(place.inside), "O=build", f"-j{jobs}", *cc_args]
     deadline = time.monotonic() + kernel.build_timeout_s
     log_file.parent.mkdir(parents=True, exist_ok=True)
 
@@ -279,53 +290,130 @@ def build_kernel(patched: PatchedTree, kernel: KernelConfig, base_fragments: tup
 
     with open(log_file, "a", encoding="utf-8") as logf:
         if box:
-            logf.write("# confined: bubblewrap, no network, read-only except build/ and ccache, "
-                       f"as {'user ' + BUILD_USER if os.geteuid() == 0 else 'this user'}\n")
+            who = "user " + BUILD_USER if os.geteuid() == 0 else "this user"
+            logf.write(f"# confined: bubblewrap, no network, only the toolchain and this tree visible, as {who}; "
+                       + ("trusted: its build directory and ccache are shared\n" if place.trusted else
+                          "untrusted: a private copy of the build directory, the ccache read-only\n"))
         steps = [make + [kernel.base]]
-        steps.append([str(inside / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(inside / "build"),
-                      str(inside / "build/.config"), *map(str, _fragment_paths(fragments, box, bdir))])
+        steps.append([str(place.inside / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(place.inside / "build"),
+                      str(place.inside / "build/.config"), *map(str, place.fragment_paths)])
         steps.append(make + ["olddefconfig"])
         for argv in steps:
             res = step(argv, logf)
             if res.returncode != 0:
-                raise BuildFailed("kernel config step failed", res.tail(20))
-        final = parse_config((bdir / ".config").read_text())
+                raise BuildFailed("kernel config step failed", _error_lines(res, 20))
+        final = parse_config(_artifact_text(bdir, ".config"))
         check_config(wt, final, fragments)
         res = step(make + ["bzImage"], logf)
         if res.returncode != 0:
             raise BuildFailed("kernel build failed", _error_lines(res))
-        warnings = sum(1 for line in res.output.splitlines() if "warning:" in line)
+        warnings = res.output.count("warning:")
         res = step(make + ["-s", "kernelrelease"], logf)
         if res.returncode != 0:
             raise BuildFailed("make kernelrelease failed", res.tail(10))
-        release = res.output.strip().splitlines()[-1]
-    mark.unlink()
+        release = (res.output.strip().splitlines() or [""])[-1]
+        if not re.fullmatch(r"[A-Za-z0-9._+~-]{1,64}", release):
+            raise BuildFailed("make kernelrelease printed no kernel release", res.tail(5))
     seconds = time.monotonic() - start
     out = cache_dir / "builds" / key[:20]
     tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_tree(tmp)
     tmp.mkdir(parents=True)
-    shutil.copy2(bdir / "arch/x86/boot/bzImage", tmp / "bzImage")
-    shutil.copy2(bdir / ".config", tmp / "config")
-    shutil.copy2(bdir / "System.map", tmp / "System.map")
-    shutil.copy2(log_file, tmp / "build.log")
+    try:
+        for rel, name in (("arch/x86/boot/bzImage", "bzImage"), (".config", "config"), ("System.map", "System.map")):
+            copy_regular(bdir, rel, tmp / name)
+    except UnsafeArtifact as exc:
+        remove_tree(tmp)
+        raise BuildFailed("the build did not leave its artifacts as regular files", str(exc)) from None
+    place.done()
+    shutil.copyfile(log_file, tmp / "build.log")
     digest = sha256_file(tmp / "bzImage")
     (tmp / "meta.json").write_text(json.dumps({"kernel_release": release, "seconds": seconds,
                                                "warnings": warnings, "tree_id": tree_id, "image_sha256": digest,
-                                               "sandboxed": bool(box), "in_place": switched}))
-    shutil.rmtree(out, ignore_errors=True)
+                                               "sandboxed": bool(box), "in_place": place.in_place,
+                                               "trusted": place.trusted}))
+    remove_tree(out)
     os.replace(tmp, out)
     return BuildArtifacts(key, out, out / "bzImage", out / "config", out / "System.map", release, seconds,
-                          warnings, False, out / "build.log", digest, bool(box), switched)
+                          warnings, False, out / "build.log", digest, bool(box), place.in_place)
 
 
-def _confine(wt: Path, bdir: Path, cache_dir: Path, confined: bool) -> tuple[Sandbox | None, Path]:
-    """The sandbox for a build in this slot (None when unconfined) and where the steps see the source."""
+def _artifact_text(bdir: Path, rel: str) -> str:
+    try:
+        return read_regular_text(bdir, rel)
+    except UnsafeArtifact as exc:
+        raise BuildFailed("the build did not leave its artifacts as regular files", str(exc)) from None
+
+
+@dataclass(frozen=True)
+class _Place:
+    """Where one build runs: its build directory as this process sees it, the sandbox (None when
+    unconfined), where the steps see the source, and the config fragments as they see them."""
+
+    slot: Path
+    bdir: Path
+    box: Sandbox | None
+    inside: Path
+    trusted: bool
+    in_place: bool
+    fragment_paths: tuple[Path, ...]
+
+    def done(self) -> None:
+        """The build succeeded: a trusted build directory is clean again (an untrusted one never counts)."""
+        if self.trusted:
+            (self.slot / "building").unlink(missing_ok=True)
+
+
+def _place(slot: Path, wt: Path, cache_dir: Path, confined: bool, trusted: bool, commit: str,
+           fragments: tuple[Path, ...], clean: bool, switched: bool) -> _Place:
+    """Choose and ready the build directory. Trusted builds use the slot's own (`src/build`, in place, a
+    failure marks it so the next trusted build starts empty); untrusted ones a fresh private copy of it
+    (`scratch/`), so whatever they leave reaches no other build."""
+    mark = slot / "building"
+    trusted_dir = wt / "build"
+    ccache = cache_dir / "ccache"
+    if trusted:
+        if clean or mark.exists():
+            remove_tree(trusted_dir)
+            forget_owner(slot / "build.owner")
+            switched = False
+        trusted_dir.mkdir(exist_ok=True)
+        mark.write_text(f"{commit}\n")
+        bdir = trusted_dir
+    else:
+        trusted_dir.mkdir(exist_ok=True)  # the mount point the private copy is bound on
+        bdir = slot / "scratch"
+        switched = _seed_scratch(trusted_dir, bdir, not clean and not mark.exists())
+        forget_owner(slot / "scratch.owner")
+        (slot / "scratch.commit").write_text(f"{commit}\n")
     if not confined:
-        return None, wt
-    box = Sandbox(wt, bdir, cache_dir / "ccache")
-    box.prepare()
-    return box, INSIDE_SRC
+        ccache.mkdir(parents=True, exist_ok=True)
+        remove_planted_config(ccache)
+        forget_owner(slot / "build.owner", cache_dir / "ccache.owner")
+        return _Place(slot, bdir, None, wt, True, switched, fragments)
+    frag_dir = slot / "fragments"
+    remove_tree(frag_dir)
+    frag_dir.mkdir(parents=True)
+    inside_frags = []
+    for i, frag in enumerate(fragments):
+        name = f"{i:02d}-{frag.name}"
+        shutil.copyfile(frag, frag_dir / name)
+        inside_frags.append(INSIDE_FRAGMENTS / name)
+    frag_dir.chmod(0o755)
+    box = Sandbox(wt, bdir, ccache, ccache_writable=trusted, fragments=frag_dir, hide=(cache_dir.resolve(),))
+    box.prepare(slot / ("build.owner" if trusted else "scratch.owner"), cache_dir / "ccache.owner")
+    return _Place(slot, bdir, box, INSIDE_SRC, trusted, switched, tuple(inside_frags))
+
+
+def _seed_scratch(trusted_dir: Path, scratch: Path, seed: bool) -> bool:
+    """A private build directory for an untrusted build: a copy of the trusted one (mtimes kept, so make
+    rebuilds only what the candidate's checkout rewrote) or, with `seed` False, an empty one."""
+    remove_tree(scratch)
+    if seed and trusted_dir.is_dir() and any(trusted_dir.iterdir()):
+        run(["cp", "-a", "--reflink=auto", "--no-target-directory", str(trusted_dir), str(scratch)], timeout=600)
+        return True
+    scratch.mkdir()
+    return False
 
 
 def _run_step(argv: list[str], box: Sandbox | None, env: dict[str, str], wt: Path, logf: IO[str], deadline: float,
@@ -342,42 +430,42 @@ def _run_step(argv: list[str], box: Sandbox | None, env: dict[str, str], wt: Pat
         raise BuildFailed(late, exc.result.tail(20), "build-timeout") from None
 
 
-def _error_lines(res: CommandResult) -> str:
+def _error_lines(res: CommandResult, lines: int = 25) -> str:
     """The lines of a failed build that say what failed, or its tail when none does."""
     errors = [line for line in res.output.splitlines() if _ERROR_RE.search(line)]
-    return "\n".join(errors[-25:]) or res.tail(25)
-
-
-def _fragment_paths(fragments: tuple[Path, ...], box: Sandbox | None, bdir: Path) -> list[Path]:
-    """Config fragments as the build sees them: copied into the build directory when confined
-    (the sandbox shows nothing of this machine's files it does not need)."""
-    if not box:
-        return list(fragments)
-    dest = bdir / ".kpipe-fragments"
-    shutil.rmtree(dest, ignore_errors=True)
-    dest.mkdir()
-    out = []
-    for i, frag in enumerate(fragments):
-        copy = dest / f"{i:02d}-{frag.name}"
-        shutil.copyfile(frag, copy)
-        out.append(INSIDE_SRC / "build" / ".kpipe-fragments" / copy.name)
-    return out
+    return "\n".join(errors[-lines:]) or res.tail(lines)
 
 
 def run_in_slot(patched: PatchedTree, kernel: KernelConfig, base_fragments: tuple[Path, ...], cache_dir: Path,
                 log_file: Path, subdir: str, steps_for: Callable[[Path, Path], list[list[str]]],
                 timeout_s: float = 1800) -> Path:
-    """Run more build steps (a selftest, say) in the candidate's build slot, confined like the kernel build.
+    """Run more build steps (a selftest, say) in the candidate's build slot, confined and trusted exactly as
+    its kernel build is (an untrusted candidate's steps run in its own private copy of the build directory).
     `steps_for(src, out)` gets the source and an output directory under build/ as the steps see them;
-    returns that output directory as this process sees it."""
+    returns the build directory as this process sees it (the output is `subdir` in it: take files from it
+    with safefs, never by path)."""
     fragments = base_fragments + patched.config_fragments
     slot = slot_path(cache_dir, kernel, fragments)
-    wt, _ = checkout_slot(slot, patched.tree.store, patched.commit, None)
-    bdir = wt / "build"
-    bdir.mkdir(exist_ok=True)
-    out_real = bdir / subdir
-    shutil.rmtree(out_real, ignore_errors=True)
-    box, inside = _confine(wt, bdir, cache_dir, kernel.sandbox)
+    wt, switched = checkout_slot(slot, patched.tree.store, patched.commit, None)
+    trusted = patched.trusted or not kernel.sandbox
+    if trusted:
+        bdir = wt / "build"
+        bdir.mkdir(exist_ok=True)
+        box, inside = (None, wt) if not kernel.sandbox else (
+            Sandbox(wt, bdir, cache_dir / "ccache", fragments=None, hide=(cache_dir.resolve(),)), INSIDE_SRC)
+        if box:
+            box.prepare(slot / "build.owner", cache_dir / "ccache.owner")
+        else:
+            forget_owner(slot / "build.owner")
+    else:
+        mine = (slot / "scratch.commit").read_text().strip() if (slot / "scratch.commit").exists() else ""
+        if mine != patched.commit or not (slot / "scratch").is_dir():
+            _place(slot, wt, cache_dir, True, False, patched.commit, fragments, False, switched)
+        bdir = slot / "scratch"
+        box = Sandbox(wt, bdir, cache_dir / "ccache", ccache_writable=False, hide=(cache_dir.resolve(),))
+        box.prepare(slot / "scratch.owner", cache_dir / "ccache.owner")
+        inside = INSIDE_SRC
+    remove_tree(bdir / subdir)
     env = {"LC_ALL": "C", "KBUILD_BUILD_TIMESTAMP": "2000-01-01"}
     deadline = time.monotonic() + timeout_s
     with open(log_file, "a", encoding="utf-8") as logf:
@@ -385,4 +473,4 @@ def run_in_slot(patched: PatchedTree, kernel: KernelConfig, base_fragments: tupl
             res = _run_step(argv, box, env, wt, logf, deadline, f"still running after {timeout_s:.0f} s; stopped")
             if res.returncode != 0:
                 raise BuildFailed(f"{subdir} build failed", _error_lines(res))
-    return out_real
+    return bdir

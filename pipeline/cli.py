@@ -21,6 +21,7 @@ from .errors import ConfigError, InfraError, PipelineError, UserError
 from .progress import Progress
 from .report import load_run, render_json, render_text, write_report
 from .runner import Interrupted
+from .untrusted import clean
 
 EPILOG = """\
 exit codes:
@@ -141,7 +142,7 @@ def cmd_triage(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.hosts)
     t = run_triage(cfg, args.source, _progress(args), bisect=args.bisect)
-    print(t.first_paragraph)
+    print(clean(t.first_paragraph))  # it quotes the build's or the console's output
     for w in t.warnings:
         print(f"warning: {w}", file=sys.stderr)
     print(f"\nreport: {t.report_dir / 'index.html'}\nreply:  {t.reply} (not sent)")

@@ -33,6 +33,9 @@ class Tree:
     git: str | None = None
     ref: str | None = None
     tarball: Path | None = None
+    # False for trees made from what a series brought (its base-commit, its own commits): builds of them
+    # are untrusted however they are reached (see build.py, the trust boundary).
+    trusted: bool = True
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ class FetchedTree:
     origin: str  # URL, path or tarball, for the report
     seconds: float
     reused: bool
+    trusted: bool = True  # the config's own tree (Tree.trusted)
 
 
 def object_store(cache_dir: Path) -> Path:
@@ -79,7 +80,7 @@ def fetch_tree(tree: Tree, cache_dir: Path, log_file: Path | None = None) -> Fet
     else:
         commit, reused = _fetch_git(tree, store, log_file)
         origin = f"{tree.git} {tree.ref}"
-    return FetchedTree(tree.name, commit, store, origin, time.monotonic() - start, reused)
+    return FetchedTree(tree.name, commit, store, origin, time.monotonic() - start, reused, tree.trusted)
 
 
 def _fetch_git(tree: Tree, store: Path, log_file: Path | None) -> tuple[str, bool]:

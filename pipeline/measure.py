@@ -23,6 +23,7 @@ from .boot import BootFailed, boot_test_host
 from .build import BuildArtifacts
 from .config import Config
 from .errors import InfraError
+from .hostcmd import RemoteTimeout
 from .initramfs import Initramfs
 from .patch import PatchedTree
 from .pool import LOST, OK, HostLost, Job, PoolHost, Stopped, dispatch
@@ -104,6 +105,17 @@ class Measurer:
                 self._retry(name, tag, "workload-failed", str(exc).splitlines()[0], exc.output)
                 if not (exc.infrastructure and attempt < retries):
                     self._fail(prep, "run", "workload-failed", str(exc).splitlines()[0], exc.output)
+                    self.progress.step_done(time.monotonic() - t0)
+                    return
+            except RemoteTimeout as exc:
+                # A kernel that deadlocks KVM (or the VMM) is a real bug: retried once like any stall of the
+                # nested guest, then reported as the candidate's hang, never as the pool host's loss.
+                self._host_check(pool_host, name, tag, exc)
+                self._retry(name, tag, "infra-error", str(exc), exc.output)
+                if attempt >= retries:
+                    self._fail(prep, "run", "workload-failed",
+                               f"the workload hangs: {attempt + 1} attempt(s) ran past their {exc.timeout:.0f} s "
+                               f"limit ({exc.command[:120]})", exc.output)
                     self.progress.step_done(time.monotonic() - t0)
                     return
             except INFRA_FAULTS as exc:

@@ -78,6 +78,11 @@ class PatchedTree:
     def base_commit(self) -> str:
         return self.tree.commit
 
+    @property
+    def trusted(self) -> bool:
+        """Exactly a commit of a tree the config names: nothing from a patch is in it."""
+        return self.tree.trusted and self.commit == self.tree.commit
+
     def as_dict(self) -> dict:
         return {"base_commit": self.base_commit, "commit": self.commit,
                 "changes": [a.as_dict() for a in self.applied],

@@ -6,6 +6,8 @@ import threading
 import time
 from typing import TextIO
 
+from .untrusted import one_line
+
 
 def _fmt(seconds: float) -> str:
     seconds = max(0, int(seconds))
@@ -32,7 +34,9 @@ class Progress:
             per = sum(self._step_times) / len(self._step_times)
             eta = f" | ETA {_fmt(per * (self.total_steps - self.done_steps) / max(1, self.workers))}"
         step = f" [{self.done_steps}/{self.total_steps}]" if self.total_steps else ""
-        print(f"[{_fmt(elapsed):>7}]{step} {stage:<8} {candidate:<28} {message}{eta}", file=self.stream,
+        # Messages quote builds and test hosts: never an escape sequence on the terminal.
+        print(f"[{_fmt(elapsed):>7}]{step} {stage:<8} {one_line(candidate, 28):<28} {one_line(message, 400)}{eta}",
+              file=self.stream,
               flush=True)
 
     def plan(self, steps: int) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .untrusted import clean
 
 
 class StageStatus(StrEnum):
@@ -64,8 +65,8 @@ class RetryRecord:
     at: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"attempt": self.attempt, "status": self.status, "message": self.message[:500],
-                "excerpt": self.excerpt[-3000:], "at": self.at or _now()}
+        return {"attempt": self.attempt, "status": self.status, "message": clean(self.message)[:500],
+                "excerpt": clean(self.excerpt)[-3000:], "at": self.at or _now()}
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -156,6 +157,7 @@ class RunFolder:
         assert status in CANDIDATE_STATUSES, status
         with self._lock:
             c = self.candidate(candidate)
+            message, excerpt = clean(message), clean(excerpt)  # what a build or a test host printed
             c["stages"][stage] = {"status": FAIL, "message": message, "excerpt": excerpt[-6000:], **(extra or {})}
             for later in STAGES[STAGES.index(stage) + 1:]:
                 c["stages"].setdefault(later, {"status": SKIP, "message": f"{stage} failed"})

@@ -29,6 +29,7 @@ from .errors import UserError
 from .fetch import object_store
 from .gitutil import git
 from .patch import MAX_PATCH_BYTES, check_patch_paths
+from .untrusted import clean, defuse_trailers, one_line, quote_block
 
 MAX_SERIES_BYTES = 20 * 1024 * 1024
 MAX_SERIES_PATCHES = 100
@@ -39,6 +40,8 @@ _VERSION = re.compile(r"\[[^\]]*?\bv(\d{1,4})\b[^\]]*\]", re.I)
 _REPLY = re.compile(r"^\s*(re|aw|sv|antw)\s*:", re.I)
 WIDTH = 72
 MAX_LINE = 900  # under SMTP's 998 bytes, with room for a multi-byte character
+
+MAX_CC = 40  # a reply is never a mass mailing under the operator's From: (a series may Cc thousands)
 
 
 @dataclass(frozen=True)
@@ -173,7 +176,7 @@ def parse_series(source: Path, workdir: Path) -> Series:
 def _clip_words(text: str) -> str:
     """Whitespace collapsed, and any word longer than 200 characters cut: a mail line cannot fold it,
     and no real subject has one."""
-    return " ".join(w if len(w) <= 200 else w[:200] + "..." for w in text.split())
+    return " ".join(w if len(w) <= 200 else w[:200] + "..." for w in clean(text).split())
 
 
 def _addresses(msg: Any, header: str) -> list[str]:
@@ -200,7 +203,8 @@ def triage_config(cfg: Config, series: Series) -> tuple[Config, str]:
         has = git(["cat-file", "-e", f"{series.base_commit}^{{commit}}"], store, check=False).returncode == 0
         if has:
             tree_name = "series-base"
-            trees[tree_name] = Tree(tree_name, git=str(store), ref=series.base_commit)
+            # Any commit of the object store, another triaged series' among them: untrusted.
+            trees[tree_name] = Tree(tree_name, git=str(store), ref=series.base_commit, trusted=False)
             note = f"applied on its base-commit {series.base_commit[:12]}"
         else:
             note += f" (its base-commit {series.base_commit[:12]} is not in the tree)"
@@ -224,21 +228,22 @@ def outcome(results: dict[str, Any], analysis: dict[str, Any], cand: str, series
         where = failed.get("location") or "?"
         which = failed.get("change", "")
         num = next((p for p in series.patches if which.endswith(p.path.name)), None)
-        label = f"patch {num.number} ({num.subject})" if num else which
-        return f"The series does not apply: {label} fails at {where}.\n\n{failed.get('excerpt', '')[-1500:]}"
+        label = f"patch {num.number} ({one_line(num.subject, 120)})" if num else one_line(which, 120)
+        return f"The series does not apply: {label} fails at {where}.\n\n{quote_block(failed.get('excerpt', ''), 30)}"
     if status == "identical":
         return ("The kernel built with the series is byte-for-byte the baseline's, with the same command line "
                 "and workload: this series cannot change the measurement, so it was not measured.")
     if status == "build-timeout":
         return ("The kernel build with the series did not finish within its time limit and was stopped:\n\n"
-                + st.get("build", {}).get("excerpt", "")[-2000:])
+                + quote_block(st.get("build", {}).get("excerpt", ""), 40))
     if status == "build-failed":
-        return "The series applies but the kernel does not build:\n\n" + st.get("build", {}).get("excerpt", "")[-2000:]
+        return ("The series applies but the kernel does not build:\n\n"
+                + quote_block(st.get("build", {}).get("excerpt", ""), 40))
     if status in ("boot-failed", "boot-timeout"):
         return (f"The kernel with the series does not boot ({status}). Console:\n\n"
-                + st.get("boot", {}).get("excerpt", "")[-2000:])
+                + quote_block(st.get("boot", {}).get("excerpt", ""), 40))
     if status != "ok":
-        return f"The evaluation could not finish ({status}): {c.get('status_detail', '')}"
+        return f"The evaluation could not finish ({status}): {one_line(c.get('status_detail', ''), 300)}"
     row = next(r for r in analysis["rows"] if r["name"] == cand)
     b = row["comparisons"].get("boot_s", {})
     cpu = row["comparisons"].get("host_cpu_s", {})
@@ -298,9 +303,13 @@ def write_reply(series: Series, summary: str, first_paragraph: str, report_link:
     msg["Subject"] = subject if subject.lower().startswith("re:") else f"Re: {subject}"
     if series.sender:
         msg["To"] = series.sender
-    cc = [a for a in series.to + series.cc if a]
+    cc = list(dict.fromkeys(a for a in series.to + series.cc if a))
+    if len(cc) > MAX_CC:
+        warnings.append(f"the series was addressed to {len(cc)} people; reply.eml copies only the first {MAX_CC} "
+                        f"(add others by hand if they should get it)")
+        cc = cc[:MAX_CC]
     if cc:
-        msg["Cc"] = ", ".join(dict.fromkeys(cc))
+        msg["Cc"] = ", ".join(cc)
     if series.message_id:
         msg["In-Reply-To"] = series.message_id
         msg["References"] = series.references
@@ -314,9 +323,12 @@ def write_reply(series: Series, summary: str, first_paragraph: str, report_link:
         body += f"\nReport: {report_link}\n"
     if reproduce:
         body += "\n" + reproduce.rstrip("\n") + "\n"
+    ours = (f"Tested-by: {sender}",) if passed else ()
     if passed:
         body += f"\nTested-by: {sender}\n"
     body += f"\n-- \nkpipe{' run ' + run_id if run_id else ''}\n"
+    # Whatever a build, a console or a subject put into the body: no escape, and no trailer but ours.
+    body = defuse_trailers(body, ours)
     # Plain text as lists expect it: no quoted-printable soft breaks.
     msg.set_content(body, cte="7bit" if body.isascii() else "8bit")
     dest.write_bytes(msg.as_bytes())
@@ -357,6 +369,8 @@ def bisect_series(cfg: Config, results: dict[str, Any], cand: str, series: Serie
     if len(commits) < 2 or not base:
         return ""
     tree = next(c.tree for c in cfg.candidates if c.name == cand)
+    # The steps are the series' own commits: built as untrusted as the series itself.
+    cfg = dataclasses.replace(cfg, trees={**cfg.trees, tree: dataclasses.replace(cfg.trees[tree], trusted=False)})
     r = Bisector(cfg, tree, base, commits[-1], progress=progress).run()
     out = bisect_report(r, cfg.report.dir)
     if r.first_bad is None:

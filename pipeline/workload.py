@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,20 +136,33 @@ def histogram(raw: dict[str, Any]) -> dict[str, list[int]]:
             "create": list(raw["hist_create"])}
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a number the VMM prints")
+
+
 def parse_output(stdout: str) -> dict[str, Any]:
-    """Parse the VMM's JSON document; raise WorkloadFailed if there is none."""
+    """Parse the VMM's JSON document; raise WorkloadFailed if there is none.
+
+    The test host runs the candidate's kernel, so this is untrusted input: NaN and Infinity, nesting deep
+    enough to exhaust the parser, numbers too long to convert, a document that is not an object are all
+    the candidate's failure (not retried, and never the pool host's)."""
     start = stdout.find("{")
     if start < 0:
         raise WorkloadFailed("the workload printed no JSON", stdout, infrastructure=True)
     try:
-        raw = json.loads(stdout[start:])
+        raw = json.loads(stdout[start:], parse_constant=_no_constants)
     except json.JSONDecodeError as exc:
         raise WorkloadFailed(f"the workload's JSON is malformed: {exc}", stdout, infrastructure=True) from None
+    except (ValueError, RecursionError, MemoryError) as exc:
+        raise WorkloadFailed(f"the workload's output cannot be read: {type(exc).__name__}: {str(exc)[:200]}",
+                             stdout) from None
+    if not isinstance(raw, dict):
+        raise WorkloadFailed("the workload's JSON is not an object", stdout)
     return raw
 
 
 def install_vmm(host: BootedHost, vmm: Path) -> None:
-    host.connection.put(str(vmm), REMOTE_VMM)
+    host.put(str(vmm), REMOTE_VMM)
     res = host.run(["chmod", "755", REMOTE_VMM], timeout=60)
     if not res.ok:
         raise InfraError(f"cannot install the VMM in the test host: {res.stderr}")
@@ -165,6 +179,15 @@ def run_workload(host: BootedHost, w: Workload, cpus: int) -> WorkloadResult:
         raise WorkloadFailed(f"workload watchdog fired after {raw.get('timeout_s')} s", res.stdout,
                              infrastructure=True)
     if status != "ok":
-        raise WorkloadFailed(f"workload reported {status}: {raw.get('failure') or raw.get('error')}",
-                             res.stdout + res.stderr, infrastructure=status == "guest-failed")
-    return WorkloadResult(raw, derive_metrics(raw), tuple(argv))
+        why = str(raw.get("failure") or raw.get("error"))[:300]
+        raise WorkloadFailed(f"workload reported {str(status)[:40]}: {why}", res.stdout + res.stderr,
+                             infrastructure=status == "guest-failed")
+    try:
+        metrics = derive_metrics(raw)
+    except Exception as exc:  # noqa: BLE001 - any shape of hostile output is the candidate's failure
+        raise WorkloadFailed(f"the workload's output cannot be read as metrics: {type(exc).__name__}: "
+                             f"{str(exc)[:200]}", res.stdout) from None
+    bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+    if bad:
+        raise WorkloadFailed(f"the workload's output gives non-finite values for {', '.join(bad[:5])}", res.stdout)
+    return WorkloadResult(raw, metrics, tuple(argv))

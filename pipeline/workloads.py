@@ -29,19 +29,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
 from .gitutil import git
+from .safefs import UnsafeArtifact, copy_regular
 
 SELFTESTS = {  # test -> headline metric
     "memslot_modification_stress_test": "iteration_ms",
     "memslot_perf_test": "best_iteration_ms",
+}
+# Each test's getopt string in 6.1 (a letter followed by ':' takes a value), and the options whose value
+# must be a whole number: checked at load, so a typo fails with its key and line, not after every build.
+SELFTEST_OPTIONS = {
+    "memslot_modification_stress_test": ("hm:d:b:v:oi:", "dvi"),
+    "memslot_perf_test": ("hvds:f:e:l:r:", "sfelr"),
 }
 REMOTE_DIR = "/tmp/kpipe-workloads"
 _DONE = re.compile(r"Done (\d+) iterations, avg (\d+)\.(\d{9})s each")
@@ -123,13 +130,17 @@ class SelftestKind:
                       # test 3, "move active area": each iteration moves a memslot the vCPU is using. The
                       # map and unmap tests need madvise(), which the tinyconfig test host leaves out.
                       else ("-f", "3", "-e", "3", "-l", "2", "-r", "1", "-s", "256"))
+        _check_selftest_args(r, f"{p}.args", test, kw["args"])
         return ExtraWorkload(name, "kvm-selftest", SELFTESTS[test], test=test, **kw)
 
     @staticmethod
     def key(w: ExtraWorkload, store: Path, commit: str, compiler: str) -> str:
         """What the selftest binary depends on: the tree's tools/ and UAPI headers, and the compiler."""
-        h = hashlib.sha256(f"selftest-1\0{w.test}\0{compiler}\0".encode())
-        for sub in ("tools", "include/uapi", "arch/x86/include/uapi", "scripts", "Makefile"):
+        h = hashlib.sha256(f"selftest-2\0{w.test}\0{compiler}\0".encode())
+        # Everything headers_install and the selftests' make read: the generated syscall headers come from
+        # arch/x86/entry/syscalls, the install rules from usr/ and scripts/.
+        for sub in ("tools", "include/uapi", "arch/x86/include/uapi", "arch/x86/entry/syscalls", "usr", "scripts",
+                    "Makefile", "arch/x86/Makefile"):
             h.update(git(["rev-parse", f"{commit}:{sub}"], store).output.strip().encode() + b"\0")
         return h.hexdigest()
 
@@ -169,6 +180,29 @@ class SelftestKind:
         return out
 
 
+def _check_selftest_args(r: Any, p: str, test: str, args: tuple[str, ...]) -> None:
+    """The args as the test's getopt would read them: known options, a value where one is needed."""
+    spec, numeric = SELFTEST_OPTIONS[test]
+    takes = {c for i, c in enumerate(spec) if c != ":" and spec[i + 1: i + 2] == ":"}
+    known = {c for c in spec if c != ":"}
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if not re.fullmatch(r"-[A-Za-z]", a) or a[1] not in known:
+            raise r.error(f"{p}[{i}]", f"{a!r} is not an option of {test} (options: "
+                          + " ".join(f"-{c}" + (" N" if c in takes else "") for c in sorted(known)) + ")")
+        if a[1] in takes:
+            if i + 1 >= len(args) or re.fullmatch(r"-[A-Za-z]", args[i + 1]):
+                raise r.error(f"{p}[{i}]", f"{a} needs a value")
+            if a[1] in numeric and not re.fullmatch(r"[0-9]{1,9}", args[i + 1]):
+                raise r.error(f"{p}[{i + 1}]", f"{a} takes a whole number, not {args[i + 1]!r}")
+            if a == "-i" and int(args[i + 1]) < 1:
+                raise r.error(f"{p}[{i + 1}]", "-i takes at least 1 (the iterations the time is divided by)")
+            i += 2
+        else:
+            i += 1
+
+
 # -- command --------------------------------------------------------------------------------------
 
 class CommandKind:
@@ -197,21 +231,34 @@ class CommandKind:
         start = text.rfind("\n{") + 1 if "\n{" in text else (0 if text.startswith("{") else -1)
         if start >= 0:
             try:
-                data = json.loads(text[start:])
-            except ValueError:
+                data = json.loads(text[start:], parse_constant=lambda c: None)
+            except (ValueError, RecursionError):
                 data = None
             if isinstance(data, dict):
-                values = {k: float(v) for k, v in data.items()
-                          if isinstance(v, int | float) and not isinstance(v, bool) and re.fullmatch(r"\w{1,40}", k)}
+                values = {k: f for k, v in data.items()
+                          if isinstance(v, int | float) and not isinstance(v, bool) and re.fullmatch(r"\w{1,40}", k)
+                          and (f := _finite(v)) is not None}
         if not values:
             for line in text.splitlines():
-                m = re.fullmatch(r"\s*(\w{1,40})\s*=\s*(-?[0-9.]+(?:[eE][-+]?\d+)?)\s*", line)
-                if m:
-                    values[m.group(1)] = float(m.group(2))
+                m = _KEY_VALUE.fullmatch(line)
+                if m and (f := _finite(m.group(2))) is not None:
+                    values[m.group(1)] = f
         if w.headline not in values:
             raise WorkloadOutputError(f"no '{w.headline}' in the output (JSON object or key=value lines)")
         values.setdefault("wall_s", wall_s)
         return values
+
+
+_KEY_VALUE = re.compile(r"\s*(\w{1,40})\s*=\s*(-?\d{1,30}(?:\.\d{1,30})?(?:[eE][-+]?\d{1,3})?)\s*")
+
+
+def _finite(v: Any) -> float | None:
+    """v as a finite float, or None (a version string, a 400-digit number, NaN: not a metric)."""
+    try:
+        f = float(v)
+    except (ValueError, OverflowError, TypeError):
+        return None
+    return f if math.isfinite(f) else None
 
 
 KINDS: dict[str, Any] = {"kvm-selftest": SelftestKind, "command": CommandKind}
@@ -222,20 +269,21 @@ KINDS: dict[str, Any] = {"kvm-selftest": SelftestKind, "command": CommandKind}
 def build_selftest(w: ExtraWorkload, patched: Any, kernel: Any, base_fragments: tuple[Path, ...], cache_dir: Path,
                    log_file: Path) -> tuple[Path, bool]:
     """Build (or reuse) a selftest binary from the candidate's own tree, in its build slot, confined."""
-    from .build import compiler_version, run_in_slot
+    from .build import BuildFailed, compiler_version, run_in_slot
 
     key = SelftestKind.key(w, patched.tree.store, patched.commit, compiler_version())
     dest = cache_dir / "selftests" / key[:20] / w.test
     if dest.exists():
         return dest, True
-    out = run_in_slot(patched, kernel, base_fragments, cache_dir, log_file, "kselftest-kvm",
-                      lambda src, outdir: SelftestKind.build_argv(w, src, outdir))
-    built = out / w.test
-    if not built.exists():
-        raise UserError(f"workloads {w.name}: {w.test} was not built (see {log_file})")
+    bdir = run_in_slot(patched, kernel, base_fragments, cache_dir, log_file, "kselftest-kvm",
+                       lambda src, outdir: SelftestKind.build_argv(w, src, outdir))
     tmp = dest.with_name(dest.name + ".tmp")
     tmp.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(built, tmp)
+    try:  # the build's output, taken only as a regular file it made (never through a link it left)
+        copy_regular(bdir, f"kselftest-kvm/{w.test}", tmp, max_bytes=256 << 20)
+    except UnsafeArtifact as exc:
+        raise BuildFailed(f"workloads {w.name}: {w.test} was not built as a regular file", str(exc)) from None
+    os.chmod(tmp, 0o755)
     tmp.replace(dest)
     return dest, False
 
@@ -245,7 +293,7 @@ def run_extra(host: Any, w: ExtraWorkload, local: Path) -> tuple[dict[str, float
     Raises WorkloadOutputError (the candidate's) or the link's own exceptions (infrastructure)."""
     remote = f"{REMOTE_DIR}/{w.name}"
     host.run(["mkdir", "-p", REMOTE_DIR], timeout=60)
-    host.connection.put(str(local), remote)
+    host.put(str(local), remote)
     host.run(["chmod", "755", remote], timeout=60)
     argv = KINDS[w.kind].argv(w, remote)
     t0 = time.monotonic()
@@ -260,6 +308,13 @@ def run_extra(host: Any, w: ExtraWorkload, local: Path) -> tuple[dict[str, float
         raise WorkloadOutputError(f"exited with status {res.exited}"
                                   + (" (killed at its timeout)" if res.exited in (124, 137) else ""), output[-3000:])
     try:
-        return KINDS[w.kind].parse(w, output, wall), raw
+        values = KINDS[w.kind].parse(w, output, wall)
     except WorkloadOutputError as exc:
         raise WorkloadOutputError(str(exc), output[-3000:]) from None
+    except Exception as exc:  # noqa: BLE001 - whatever the test host printed, it is the candidate's output
+        raise WorkloadOutputError(f"its output cannot be read: {type(exc).__name__}: {str(exc)[:200]}",
+                                  output[-3000:]) from None
+    bad = sorted(k for k, v in values.items() if not math.isfinite(v))
+    if bad:
+        raise WorkloadOutputError(f"non-finite values for {', '.join(bad[:5])}", output[-3000:])
+    return values, raw

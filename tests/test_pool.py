@@ -408,7 +408,7 @@ def test_builds_use_distcc_on_pool_hosts_that_offer_it(built_kernel, e2e_cache: 
         # The shared kernel's build slot, compiled unconfined here (distcc needs the network).
         wt = slot_path(e2e_cache, KernelConfig(), (FRAGMENT,)) / "src"
         assert (wt / "build" / ".config").exists(), "the session's kernel was built in this slot"
-        forget_owner(wt / "build")
+        forget_owner(wt.parent / "build.owner")
         env, cc_args, jobs = compile_env(e2e_cache, wt, 0, use)  # no local slot: the compile must go remote
         assert jobs == 2 and env["DISTCC_HOSTS"] == f"127.0.0.1:{port}/2"
         env["DISTCC_DIR"] = str(tmp_path / "distcc")  # no back-off state from earlier runs

@@ -53,7 +53,7 @@ def test_a_confined_build_dies_with_a_killed_pipeline(tmp_path: Path) -> None:
     child = subprocess.Popen([sys.executable, "-c", (
         "import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path\n"
         "from pipeline.sandbox import Sandbox; from pipeline.proc import run\n"
-        "t = Path(sys.argv[2]); box = Sandbox(t / 'src', t / 'src' / 'build', t / 'ccache'); box.prepare()\n"
+        "t = Path(sys.argv[2]); box = Sandbox(t / 'src', t / 'src' / 'build', t / 'ccache'); box.prepare(t / 'b.owner', t / 'c.owner')\n"
         "run(box.wrap(['sh', '-c', sys.argv[3] + ' & ' + sys.argv[3] + '; wait'], {}))\n"),
         str(Path(__file__).resolve().parent.parent), str(tmp_path), marker])
 
