@@ -26,7 +26,7 @@ from .config import Candidate, Config, Repetitions
 from .errors import UserError
 from .fetch import fetch_tree
 from .gitutil import git
-from .results import IDENTICAL, new_run_id, write_json_atomic
+from .results import IDENTICAL, new_run_id, write_json_atomic, write_text_atomic
 
 GOOD, BAD, SKIP = "good", "bad", "skip"
 INCONCLUSIVE_WORD = "inconclusive"
@@ -387,7 +387,7 @@ def write_report(r: BisectResult, reports_dir: Path) -> Path:
          "steps": r.steps, "commits": r.commits, "unit": unit, "diffstat": r.extra.get("diffstat", ""),
          "headline": text.splitlines()[1] if len(text.splitlines()) > 1 else ""}
     html = _env().get_template("bisect.html.j2").render(b=b, plot=plot_path(r, unit), text=text)
-    (out / "index.html").write_text(html, encoding="utf-8")
-    (out / "bisect.txt").write_text(text, encoding="utf-8")
+    write_text_atomic(out / "index.html", html)
+    write_text_atomic(out / "bisect.txt", text)
     shutil.copyfile(r.folder / "bisect.json", out / "bisect.json")
     return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import shlex
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +23,7 @@ import paramiko
 from .build import BuildArtifacts
 from .config import TestHost
 from .errors import InfraError, PipelineError
-from .executor import Executor, Process
+from .executor import QEMU_FILE_LIMIT_BYTES, Executor, Process
 from .hostcmd import MAX_OUTPUT_BYTES, RemoteResult, put_file, run_command
 from .initramfs import Initramfs
 from .machines import Accelerator
@@ -35,6 +36,8 @@ PANIC_RE = re.compile(r"(Kernel panic - not syncing|BUG: |Oops: |general protect
 
 
 QEMU_ERROR_RE = re.compile(r"^qemu-system-\S+: .*$", re.M)
+CONSOLE_WINDOW = 256 * 1024  # what the boot loop keeps and scans of the console: its newest part
+CONSOLE_FLOOD_BYTES = 64 * 1024 * 1024  # no kernel prints this much before its SSH server is up
 
 
 class QemuFailed(InfraError):
@@ -104,6 +107,21 @@ def _connect(port: int, initramfs: Initramfs, gateway: fabric.Connection | None 
     return conn
 
 
+class _ConsoleTail:
+    """The console log read incrementally: each poll reads only what is new (at most 1 MiB) and keeps the
+    newest CONSOLE_WINDOW characters, so the cost of a poll does not grow with the log."""
+
+    def __init__(self, executor: Executor, path: str):
+        self.executor, self.path, self.offset, self.window = executor, path, 0, ""
+
+    def read(self) -> str:
+        chunk = self.executor.read_bytes(self.path, self.offset, 1 << 20)
+        self.offset += len(chunk)
+        if chunk:
+            self.window = (self.window + chunk.decode("utf-8", errors="replace"))[-CONSOLE_WINDOW:]
+        return self.window
+
+
 def _console_excerpt(text: str, match: re.Match | None = None, lines: int = 40) -> str:
     all_lines = text.splitlines()
     if match:
@@ -140,21 +158,29 @@ def boot_test_host(executor: Executor, artifacts: BuildArtifacts, initramfs: Ini
     start = time.monotonic()
     proc = executor.spawn(argv, qemu_log)
     conn = None
+    console_tail = _ConsoleTail(executor, console_at)
     try:
         deadline = start + host.boot_timeout_s
         ready_seen = False
         while True:
-            console = executor.read_text(console_at)
+            console = console_tail.read()
             m = PANIC_RE.search(console)
             if m:
                 time.sleep(1.0)  # let the rest of the oops reach the log
-                console = executor.read_text(console_at)
+                console = console_tail.read()
                 raise BootFailed("boot-failed", f"kernel reported '{m.group(1).strip()}' during boot",
                                  _console_excerpt(console, PANIC_RE.search(console)))
+            if console_tail.offset > CONSOLE_FLOOD_BYTES:
+                raise BootFailed("boot-failed", f"the kernel wrote more than {CONSOLE_FLOOD_BYTES >> 20} MiB to its "
+                                 f"console before its SSH server came up (a console flood)",
+                                 _console_excerpt(console, lines=20))
             if not proc.alive():
                 qlog = executor.read_text(executor.log_path(qemu_log))
                 excerpt = _console_excerpt(console, lines=30) + "\n--- qemu ---\n" + qlog[-2000:]
                 status = proc.terminate(grace_s=0.1)  # already gone: collects its exit status
+                if status in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ):
+                    raise BootFailed("boot-failed", f"the kernel flooded its console past "
+                                     f"{QEMU_FILE_LIMIT_BYTES >> 20} MiB during boot; QEMU was stopped", excerpt)
                 if status == 0:
                     # A clean exit under -no-reboot: the guest reset (a triple fault) or powered off.
                     raise BootFailed("boot-failed", "the test host reset or powered off during boot "
@@ -190,3 +216,9 @@ def boot_test_host(executor: Executor, artifacts: BuildArtifacts, initramfs: Ini
         proc.terminate()
         executor.collect(console_at, console_log)
         executor.collect(executor.log_path(qemu_log), qemu_log)
+        # On the way out of a boot that got as far as the workload: a console that hit QEMU's file-size
+        # limit means the kernel flooded it (and QEMU was stopped), which is the candidate's doing.
+        flooded = console_log.exists() and console_log.stat().st_size >= QEMU_FILE_LIMIT_BYTES - 4096
+        if flooded and conn is not None:
+            raise BootFailed("boot-failed", f"the kernel flooded its console past {QEMU_FILE_LIMIT_BYTES >> 20} MiB "
+                             f"and its test host was stopped", "")

@@ -11,8 +11,9 @@ import http.server
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from . import __version__, exitcodes
 from .analysis import analyze
@@ -21,7 +22,7 @@ from .errors import ConfigError, InfraError, PipelineError, UserError
 from .progress import Progress
 from .report import load_run, render_json, render_text, write_report
 from .runner import Interrupted
-from .untrusted import clean
+from .untrusted import clean, one_line
 
 EPILOG = """\
 exit codes:
@@ -106,8 +107,16 @@ class _ReportHandler(http.server.SimpleHTTPRequestHandler):
         self.send_error(404, "no listing")
         return None
 
+    timeout = 15  # a connection that sends nothing is closed (slow or half-sent requests hold no thread)
+
+    def end_headers(self) -> None:
+        self.send_header("X-Content-Type-Options", "nosniff")  # a log is never sniffed into a page
+        super().end_headers()
+
     def translate_path(self, path: str) -> str:
         local = super().translate_path(path)
+        if "\x00" in local:
+            return os.path.join(os.path.realpath(self.directory), ".kpipe-not-served")
         root = os.path.realpath(self.directory)
         real = os.path.realpath(local)
         if real != root and not real.startswith(root + os.sep):
@@ -115,10 +124,33 @@ class _ReportHandler(http.server.SimpleHTTPRequestHandler):
         return local
 
 
+class _BoundedServer(http.server.ThreadingHTTPServer):
+    """At most MAX_CONNECTIONS requests served at once; one more is closed at once, not queued in a thread."""
+
+    MAX_CONNECTIONS = 32
+    daemon_threads = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(self.MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     directory = Path(args.directory).resolve()
     handler = functools.partial(_ReportHandler, directory=str(directory))
-    with http.server.ThreadingHTTPServer(("127.0.0.1", args.port), handler) as httpd:
+    with _BoundedServer(("127.0.0.1", args.port), handler) as httpd:
         print(f"serving {directory} on http://127.0.0.1:{httpd.server_address[1]}/ (Ctrl-C stops)")
         try:
             httpd.serve_forever()
@@ -228,11 +260,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except (ConfigError, UserError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {clean(str(exc))}", file=sys.stderr)
         return exitcodes.USAGE
     except (InfraError, PipelineError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {clean(str(exc))}", file=sys.stderr)
+        return exitcodes.FAILURE
+    except OSError as exc:  # the machine's: a full disk, a permission, a file gone
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         return exitcodes.FAILURE
     except (KeyboardInterrupt, Interrupted):
         print("interrupted; QEMU processes stopped, results so far are in the run folder", file=sys.stderr)
+        return exitcodes.FAILURE
+    except Exception as exc:  # noqa: BLE001 - a one-line error, never a traceback; -vv shows it
+        if args.verbose > 1:
+            raise
+        print(f"internal error (a kpipe bug, please report it): {type(exc).__name__}: {one_line(str(exc), 300)}; "
+              f"run again with -vv for the traceback", file=sys.stderr)
         return exitcodes.FAILURE

@@ -9,6 +9,7 @@ import atexit
 import ctypes
 import logging
 import os
+import resource
 import shlex
 import shutil
 import signal
@@ -43,6 +44,7 @@ class Executor(Protocol):
     def log_path(self, local: Path) -> str: ...
     def collect(self, remote: str, local: Path) -> None: ...
     def read_text(self, path: str) -> str: ...
+    def read_bytes(self, path: str, offset: int, limit: int) -> bytes: ...
     def qemu_binary(self) -> str: ...
     def gateway(self) -> Any: ...
     def healthy(self) -> tuple[bool, str]: ...
@@ -51,8 +53,14 @@ class Executor(Protocol):
     def abort(self) -> None: ...
 
 
+# Largest file QEMU may write (its console log above all): a kernel that floods its serial port stops
+# there (SIGXFSZ ends QEMU) instead of filling the disk; boot.py reports it as the candidate's.
+QEMU_FILE_LIMIT_BYTES = 256 * 1024 * 1024
+
+
 def _die_with_parent() -> None:
-    """In the child: get SIGKILL if the pipeline dies, even by SIGKILL."""
+    """In the child: get SIGKILL if the pipeline dies, even by SIGKILL; files bounded in size."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (QEMU_FILE_LIMIT_BYTES, QEMU_FILE_LIMIT_BYTES))
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -173,10 +181,16 @@ class LocalExecutor:
                 pass
 
     def read_text(self, path: str) -> str:
+        return self.read_bytes(path, 0, 4 * 1024 * 1024).decode("utf-8", errors="replace")
+
+    def read_bytes(self, path: str, offset: int, limit: int) -> bytes:
+        """At most `limit` bytes of the file from `offset` (b"" when it does not exist yet)."""
         try:
-            return Path(path).read_text(encoding="utf-8", errors="replace")
+            with open(path, "rb") as f:
+                f.seek(offset)
+                return f.read(limit)
         except FileNotFoundError:
-            return ""
+            return b""
 
     @classmethod
     def kill_all(cls) -> None:

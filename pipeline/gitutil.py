@@ -22,7 +22,7 @@ GIT_ENV = {
 
 
 def git(args: Sequence[str], cwd: Path, log_file: Path | None = None, check: bool = True,
-        env: dict[str, str] | None = None, timeout: float | None = None,
+        env: dict[str, str] | None = None, timeout: float | None = proc.DEFAULT_TIMEOUT_S,
         input_text: str | None = None, stdin_file: Path | None = None) -> proc.CommandResult:
     merged = dict(GIT_ENV)
     if env:

@@ -17,7 +17,8 @@ def cache_lock(cache_dir: Path, owner: str, wait: bool = True) -> Iterator[None]
     """Hold `<cache>/lock` for the duration; a second holder waits (or fails) and is told who has it."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / "lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    held = False
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -28,13 +29,15 @@ def cache_lock(cache_dir: Path, owner: str, wait: bool = True) -> Iterator[None]
                                  "give this run its own cache with KPIPE_CACHE_DIR") from None
             print(f"waiting for the cache {cache_dir}, held by {holder}", file=sys.stderr, flush=True)
             fcntl.flock(fd, fcntl.LOCK_EX)
+        held = True
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}: {owner}\n".encode())
         yield
     finally:
-        try:
-            os.ftruncate(fd, 0)
-        except OSError:
-            pass
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        if held:  # a caller refused with --no-wait never wipes the holder's line
+            try:
+                os.ftruncate(fd, 0)
+            except OSError:
+                pass
+            fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)

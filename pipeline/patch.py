@@ -23,6 +23,12 @@ from .gitutil import git
 from .proc import CommandResult
 
 MAX_PATCH_BYTES = 20 * 1024 * 1024
+# A "GIT binary patch" says how large each file it carries is once inflated; a zlib bomb can say 16 GiB in
+# a 20 MiB mail. Kernel series carry no binary larger than a small firmware blob.
+MAX_BINARY_BYTES = 2 * 1024 * 1024
+MAX_BINARY_TOTAL = 8 * 1024 * 1024
+GIT_TIMEOUT_S = 300  # each git call of the patch stage on one series
+_BINARY_SIZE = re.compile(r"^(?:literal|delta) (\d{1,20})$", re.M)
 
 _DIFF_PATH_LINES = re.compile(
     r"^(?:diff --git (?P<a>\S+) (?P<b>\S+)|--- (?P<old>\S+)|\+\+\+ (?P<new>\S+)|"
@@ -107,8 +113,17 @@ def diff_paths(text: str) -> list[str]:
     return paths
 
 
+def check_binary_sizes(text: str, source: str) -> None:
+    """Refuse binary hunks that inflate past MAX_BINARY_BYTES each or MAX_BINARY_TOTAL together."""
+    sizes = [int(m.group(1)) for m in _BINARY_SIZE.finditer(text)] if "GIT binary patch" in text else []
+    if any(s > MAX_BINARY_BYTES for s in sizes) or sum(sizes) > MAX_BINARY_TOTAL:
+        raise UnsafePatch(f"{source}: a binary hunk inflates to {max(sizes)} bytes ({sum(sizes)} in all); "
+                          f"refused (limit {MAX_BINARY_BYTES} each, {MAX_BINARY_TOTAL} in all)")
+
+
 def check_patch_paths(text: str, source: str) -> None:
-    """Refuse a patch with absolute paths, '..', .git paths or symlinks."""
+    """Refuse a patch with absolute paths, '..', .git paths, symlinks or oversized binary hunks."""
+    check_binary_sizes(text, source)
     if _SYMLINK_MODE.search(text) or _INDEX_SPECIAL_MODE.search(text):
         raise UnsafePatch(f"{source}: creates or changes a symlink or submodule; refused (either could point out "
                           "of the tree)")
@@ -176,7 +191,7 @@ class _Stage:
     def git(self, args: list[str], check: bool = True, env: dict[str, str] | None = None,
             input_text: str | None = None, stdin_file: Path | None = None) -> CommandResult:
         return git(args, self.tmp, self.log, check=check, env={**self.env, **(env or {})}, input_text=input_text,
-                   stdin_file=stdin_file)
+                   stdin_file=stdin_file, timeout=GIT_TIMEOUT_S)
 
     def apply(self, patch: Path, reverse: bool = False) -> CommandResult:
         args = ["apply", "--cached", "--verbose", *(["-R"] if reverse else []), str(patch)]

@@ -8,13 +8,12 @@ from pathlib import Path
 
 from .build import BuildFailed, build_kernel, config_differences
 from .config import Candidate, Config
-from .errors import UserError
+from .errors import PipelineError, UserError
 from .fetch import FetchedTree, fetch_tree, retire_old_layout, sha256_file
 from .measure import Prepared
 from .patch import PatchFailed, UnsafePatch, apply_changes, check_changes
 from .progress import Progress
 from .results import PASS, RunFolder
-from .sandbox import SandboxUnavailable
 from .workloads import build_selftest
 
 
@@ -127,17 +126,23 @@ class Preparer:
         try:
             prep.artifacts = build_kernel(prep.patched, self.cfg.kernel, self.cfg.kernel.fragments,
                                           self.cfg.cache_dir, build_log, self.distcc)
-        except SandboxUnavailable as exc:
-            self.fail(prep, "build", "infra-error", str(exc), str(exc))
-            return prep
         except BuildFailed as exc:
             self.fail(prep, "build", exc.status, str(exc).splitlines()[0], exc.excerpt,
                        {"log": self.folder.relative(build_log)})
+            return prep
+        except (PipelineError, OSError) as exc:  # the machine's (sandbox, disk, git), never the patch's
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            self.fail(prep, "build", "infra-error", f"{type(exc).__name__}: {message}",
+                      getattr(exc, "excerpt", str(exc)), {"log": self.folder.relative(build_log)})
             return prep
         try:
             prep.extras = self._build_extras(prep, build_log)
         except UserError as exc:  # BuildFailed among them
             self.fail(prep, "build", getattr(exc, "status", "build-failed"), str(exc).splitlines()[0],
+                      getattr(exc, "excerpt", str(exc)), {"log": self.folder.relative(build_log)})
+            return prep
+        except (PipelineError, OSError) as exc:
+            self.fail(prep, "build", "infra-error", f"{type(exc).__name__}: {str(exc).splitlines()[0]}",
                       getattr(exc, "excerpt", str(exc)), {"log": self.folder.relative(build_log)})
             return prep
         art = prep.artifacts

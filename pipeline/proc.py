@@ -7,6 +7,7 @@ import shlex
 import signal
 import subprocess
 import threading
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +18,21 @@ from .errors import InfraError, PipelineError
 log = logging.getLogger(__name__)
 
 
+# What one command may cost at most, whatever it prints (a build step printing `yes` for an hour):
+# the lines kept in memory for the result, and the bytes written to its log.
+KEEP_LINES = 20_000
+LOG_LIMIT_BYTES = 64 * 1024 * 1024
+MAX_LINE = 64 * 1024  # a line without an end is cut here (read in pieces)
+DEFAULT_TIMEOUT_S = 3600.0  # every command has one; callers that need longer say so
+
+
 @dataclass
 class CommandResult:
     argv: list[str]
     returncode: int
-    output: str  # stdout and stderr interleaved
+    output: str  # stdout and stderr interleaved; its last KEEP_LINES lines when it printed more
+    dropped_lines: int = 0
+    warnings: int = 0  # lines containing "warning:" (compilers), counted over the whole output
 
     def tail(self, lines: int = 30) -> str:
         return "\n".join(self.output.splitlines()[-lines:])
@@ -45,12 +56,14 @@ class CommandFailed(PipelineError):
 
 def run(argv: Sequence[str | os.PathLike], *, cwd: str | Path | None = None,
         env: Mapping[str, str] | None = None, log_file: Path | IO[str] | None = None,
-        check: bool = True, timeout: float | None = None, input_text: str | None = None,
-        stdin_file: Path | None = None) -> CommandResult:
+        check: bool = True, timeout: float | None = DEFAULT_TIMEOUT_S, input_text: str | None = None,
+        stdin_file: Path | None = None, keep_lines: int = KEEP_LINES,
+        log_limit: int = LOG_LIMIT_BYTES) -> CommandResult:
     """Run argv (never through a shell), stream its output to log_file, return the result.
 
     stdin is closed unless input_text (or stdin_file, read as bytes) is given; env entries are added
-    to os.environ.
+    to os.environ. Memory and log size are bounded: the result keeps the last `keep_lines` lines, the
+    log gets at most `log_limit` bytes of this command's output and then a note.
     """
     args = [str(a) for a in argv]
     full_env = dict(os.environ)
@@ -64,7 +77,8 @@ def run(argv: Sequence[str | os.PathLike], *, cwd: str | Path | None = None,
         own = sink = open(log_file, "a", encoding="utf-8")
     else:
         sink = log_file
-    chunks: list[str] = []
+    chunks: deque[str] = deque(maxlen=keep_lines)
+    counts = {"lines": 0, "warnings": 0, "logged": 0}
     try:
         if sink:
             sink.write(f"$ {shlex.join(args)}\n")
@@ -85,10 +99,17 @@ def run(argv: Sequence[str | os.PathLike], *, cwd: str | Path | None = None,
         stdout = proc.stdout
 
         def pump() -> None:  # a thread, so the timeout holds even while the output stays open
-            for line in stdout:
+            for line in iter(lambda: stdout.readline(MAX_LINE), ""):
                 chunks.append(line)
-                if sink:
+                counts["lines"] += 1
+                if "warning:" in line:
+                    counts["warnings"] += 1
+                if sink and counts["logged"] < log_limit:
+                    counts["logged"] += len(line)
                     sink.write(line)
+                    if counts["logged"] >= log_limit:
+                        sink.write(f"\n[kpipe: log capped at {log_limit} bytes; the rest of this command's "
+                                   f"output is not kept]\n")
 
         reader = threading.Thread(target=pump, daemon=True)
         reader.start()
@@ -103,12 +124,13 @@ def run(argv: Sequence[str | os.PathLike], *, cwd: str | Path | None = None,
             proc.wait()
             reader.join(5)
             if isinstance(exc, subprocess.TimeoutExpired):
-                raise CommandTimeout(CommandResult(args, -9, "".join(chunks)), timeout or 0) from None
+                raise CommandTimeout(CommandResult(args, -9, "".join(chunks), counts["lines"] - len(chunks),
+                                                   counts["warnings"]), timeout or 0) from None
             raise
     finally:
         if own:
             own.close()
-    result = CommandResult(args, proc.returncode, "".join(chunks))
+    result = CommandResult(args, proc.returncode, "".join(chunks), counts["lines"] - len(chunks), counts["warnings"])
     if check and result.returncode != 0:
         raise CommandFailed(result)
     return result

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 # ignored), and setpriv's parent-death signal ends the command if the shell is
 # killed all the same.
 TETHER = r"""exec 3<&0
+ulimit -f 524288 2>/dev/null  # 256 MiB in 512-byte blocks: a flooded console stops QEMU, not the disk
 log=$1; shift
 finished=
 watcher=
@@ -362,14 +363,19 @@ class RemoteExecutor:
                 return port
 
     def read_text(self, path: str) -> str:
+        return self.read_bytes(path, 0, 4 * 1024 * 1024).decode("utf-8", errors="replace")
+
+    def read_bytes(self, path: str, offset: int, limit: int) -> bytes:
+        """At most `limit` bytes of the remote file from `offset` (b"" when it does not exist yet)."""
         try:
             with self.open().sftp().open(path) as f:
-                return f.read().decode("utf-8", errors="replace")
+                f.seek(offset)
+                return bytes(f.read(limit))
         except FileNotFoundError:
-            return ""
+            return b""
         except OSError as exc:
             if getattr(exc, "errno", None) == 2 or "No such file" in str(exc):
-                return ""
+                return b""
             raise
 
     def gateway(self) -> fabric.Connection | None:

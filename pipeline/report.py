@@ -14,7 +14,7 @@ import jinja2
 
 from .analysis import METRICS, analyze, fmt_num, fmt_p, is_number
 from .errors import UserError
-from .results import read_results
+from .results import read_results, write_text_atomic
 
 TEMPLATES = Path(__file__).parent / "templates"
 WIDTH = 72
@@ -255,10 +255,10 @@ def write_report(run_dir: Path, reports_dir: Path) -> Path:
         shutil.copyfile(run_dir / "results.json", out / "results.json")
         if (run_dir / "metadata.json").exists():
             shutil.copyfile(run_dir / "metadata.json", out / "metadata.json")
-    (out / "summary.txt").write_text(render_text(results, metadata, a), encoding="utf-8")
-    (out / "summary.json").write_text(render_json(results, metadata, a), encoding="utf-8")
-    (out / "index.html").write_text(render_html(results, metadata, a, (out / "reply.eml").is_file()),
-                                    encoding="utf-8")
+    # Each file replaced whole: a reader (another run's write_index, a web server) never sees a torn one.
+    write_text_atomic(out / "summary.txt", render_text(results, metadata, a))
+    write_text_atomic(out / "summary.json", render_json(results, metadata, a))
+    write_text_atomic(out / "index.html", render_html(results, metadata, a, (out / "reply.eml").is_file()))
     write_index(reports_dir)
     return out
 
@@ -269,11 +269,16 @@ def write_index(reports_dir: Path) -> Path:
         s = d / "summary.json"
         if not s.is_file():
             continue
-        data = json.loads(s.read_text(encoding="utf-8"))
-        a = data.get("analysis", {})
+        try:
+            data = json.loads(s.read_text(encoding="utf-8"))
+            a = data.get("analysis", {})
+            if not isinstance(a, dict):
+                raise ValueError("analysis is not an object")
+        except (OSError, ValueError, AttributeError):
+            continue  # another run's broken or half-copied summary: that run is left out of the index
         entries.append({"run_id": d.name, "status": data.get("status"), "headline": a.get("headline", ""),
                         "regressions": a.get("regressions", []), "failed": a.get("failed", [])})
     path = reports_dir / "index.html"
-    path.write_text(_env().get_template("index.html.j2").render(entries=entries), encoding="utf-8")
+    write_text_atomic(path, _env().get_template("index.html.j2").render(entries=entries))
     return path
 

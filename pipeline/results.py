@@ -69,6 +69,28 @@ class RetryRecord:
                 "excerpt": clean(self.excerpt)[-3000:], "at": self.at or _now()}
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` so a reader sees the old file or the new one, never a part of one (a full
+    disk leaves the old page in place and raises)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def remove_stale_temp_files(folder: Path) -> None:
+    """Temporary files a killed writer left (`.<name>.XXXX`); only one writer holds a run folder."""
+    for p in folder.glob(".*.json.*"):
+        if p.is_file() and not p.is_symlink():
+            p.unlink(missing_ok=True)
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON so a reader never sees a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -114,6 +136,7 @@ class RunFolder:
 
     @classmethod
     def open(cls, path: Path) -> RunFolder:
+        remove_stale_temp_files(path)
         return cls(path, read_results(path))
 
     @property

@@ -115,6 +115,13 @@ def fetch_by_message_id(message_id: str, dest: Path) -> Path:
 
 def parse_series(source: Path, workdir: Path) -> Series:
     """Split a posted series into ordered patch files, skipping the cover letter and non-patches."""
+    try:
+        return _parse_series(source, workdir)
+    except RecursionError:  # MIME nested thousands deep: the email package recurses once per level
+        raise UserError(f"{source}: its MIME structure is nested too deeply to read; refused") from None
+
+
+def _parse_series(source: Path, workdir: Path) -> Series:
     msgs = _load_messages(source)
     patches: list[tuple[int, Any, str]] = []
     skipped: list[str] = []
@@ -152,6 +159,7 @@ def parse_series(source: Path, workdir: Path) -> Series:
     patches = [p for p in patches if versions[id(p[1])] == newest]
     cover = next((c for c in covers if versions[id(c)] == newest), None)
     patches.sort(key=lambda p: p[0])
+    _check_complete(patches)
     workdir.mkdir(parents=True, exist_ok=True)
     out = []
     for i, (n, msg, subject) in enumerate(patches):
@@ -171,6 +179,23 @@ def parse_series(source: Path, workdir: Path) -> Series:
                   to=_addresses(first, "To"), cc=_addresses(first, "Cc"),
                   patches=tuple(out), base_commit=base_commit, skipped=tuple(skipped),
                   date=str(first.get("Date", "")))
+
+
+def _check_complete(patches: list[tuple[int, Any, str]]) -> None:
+    """A series is evaluated as its author posted it: every patch n/N of the newest version, once each."""
+    totals = {int(m.group(2)) for _, _, subj in patches if (m := _PATCH_NUM.search(subj))}
+    numbers = [n for n, _, _ in patches]
+    if len(totals) > 1:
+        raise UserError(f"the patches disagree on the size of the series ({', '.join(map(str, sorted(totals)))}); "
+                        f"pass one version of the series")
+    if len(set(numbers)) != len(numbers):
+        dup = sorted({n for n in numbers if numbers.count(n) > 1})
+        raise UserError(f"patch {dup[0]} appears more than once in the newest version; pass one copy of the series")
+    if totals:
+        missing = sorted(set(range(1, totals.pop() + 1)) - set(numbers))
+        if missing:
+            raise UserError(f"the series is incomplete: patch {', '.join(map(str, missing[:10]))} of "
+                            f"{max(numbers + missing)} missing; save the whole thread (or `b4 am` it) and pass that")
 
 
 def _clip_words(text: str) -> str:
@@ -392,7 +417,11 @@ def run_triage(cfg: Config, source: str, progress: Any = None, bisect: bool = Fa
 
     workdir = cfg.runs_dir / "triage" / new_run_id()
     workdir.mkdir(parents=True)
-    series = parse_series(resolve_source(source, workdir), workdir / "patches")
+    try:
+        series = parse_series(resolve_source(source, workdir), workdir / "patches")
+    except UserError:
+        shutil.rmtree(workdir, ignore_errors=True)  # nothing was evaluated: leave nothing behind
+        raise
     tcfg, note = triage_config(cfg, series)
     cand = tcfg.candidates[1].name
     progress = progress or Progress()
