@@ -25,7 +25,7 @@ from .config import TestHost
 from .errors import InfraError, PipelineError
 from .executor import QEMU_FILE_LIMIT_BYTES, Executor, Process
 from .hostcmd import MAX_OUTPUT_BYTES, RemoteResult, put_file, run_command
-from .initramfs import Initramfs
+from .initramfs import Initramfs, with_own_host_key
 from .machines import Accelerator
 
 log = logging.getLogger(__name__)
@@ -145,6 +145,8 @@ def boot_test_host(executor: Executor, artifacts: BuildArtifacts, initramfs: Ini
     for p in (console_log, qemu_log):
         p.unlink(missing_ok=True)
     console_at = executor.log_path(console_log)
+    if artifacts.image_sha256:
+        initramfs = with_own_host_key(initramfs, artifacts.image_sha256)
     port = executor.free_port()
     accel_name, accel_args = accelerator.name, accelerator.args
     # random.trust_cpu=on: the test host's CRNG is seeded from the (emulated) CPU's RDRAND at boot

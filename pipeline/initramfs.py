@@ -5,6 +5,7 @@ both mode 0600, so the pipeline can verify the host it logs in to.
 """
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import os
@@ -138,3 +139,45 @@ def build_initramfs(recipe_path: Path, cache_dir: Path, log_file: Path | None = 
             shutil.copyfileobj(src_f, gz)
         os.replace(tmp_out, out)
     return Initramfs(out, digest, recipe["ready_marker"], keys, False)
+
+
+def with_own_host_key(initramfs: Initramfs, kernel_sha256: str) -> Initramfs:
+    """The initramfs with a host key that only boots of this one kernel image use.
+
+    The kernel under test can read its initramfs, so a host key shared by every candidate would let one
+    candidate's kernel learn the key that other candidates' test hosts prove themselves with. Each kernel
+    image gets a key of its own in a second cpio archive appended to the cached one (the kernel unpacks
+    both, the later file wins); the pipeline accepts only that key when it logs in to that kernel."""
+    dest = initramfs.path.parent / "per-kernel" / f"{initramfs.sha256[:16]}-{kernel_sha256[:16]}.initrd"
+    pub_file = dest.with_suffix(".pub")
+    if dest.exists() and pub_file.exists():
+        keys = dataclasses.replace(initramfs.keys, host_pub=pub_file.read_text().strip())
+        return dataclasses.replace(initramfs, path=dest, keys=keys)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(dest.parent, 0o700)
+    with tempfile.TemporaryDirectory(prefix="kpipe-hostkey-", dir=dest.parent) as tmp:
+        root = Path(tmp) / "root"
+        keyfile = root / "etc" / "dropbear" / "dropbear_ed25519_host_key"
+        keyfile.parent.mkdir(parents=True)
+        run(["dropbearkey", "-t", "ed25519", "-f", keyfile], timeout=60)
+        pub = next(line for line in run(["dropbearkey", "-y", "-f", keyfile], timeout=60).output.splitlines()
+                   if line.startswith("ssh-"))
+        cpio = run(["cpio", "--quiet", "-o", "-H", "newc", "-R", "0:0", "-O", Path(tmp) / "key.cpio"], cwd=root,
+                   input_text="etc\netc/dropbear\netc/dropbear/dropbear_ed25519_host_key\n", check=False, timeout=60)
+        if cpio.returncode != 0:
+            raise InfraError(f"cpio failed: {cpio.tail(5)}")
+        joined = Path(tmp) / "joined"
+        with open(joined, "wb") as out:
+            with open(initramfs.path, "rb") as base:
+                shutil.copyfileobj(base, out)
+            # The kernel reads an uncompressed archive only from a 4-byte boundary (zeros between are skipped).
+            out.write(b"\0" * (-out.tell() % 512))
+            out.write((Path(tmp) / "key.cpio").read_bytes())
+        os.chmod(joined, 0o600)
+        host_pub = " ".join(pub.split()[:2])
+        pub_tmp = Path(tmp) / "pub"
+        pub_tmp.write_text(host_pub + "\n")
+        os.replace(joined, dest)
+        os.replace(pub_tmp, pub_file)
+    keys = dataclasses.replace(initramfs.keys, host_pub=host_pub)
+    return dataclasses.replace(initramfs, path=dest, keys=keys)
