@@ -283,3 +283,49 @@ def test_series_commits_for_a_bisection_come_from_the_patch_stage() -> None:
         {"kind": "patch", "source": "0002.patch", "patches": [{"subject": "two", "author": "a", "commit": "2" * 40}]},
     ]}}}}}
     assert series_commits(results, "s") == ("b" * 40, ["1" * 40, "2" * 40])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not TARBALL.exists(), reason="apt-get install linux-source-6.1")
+def test_a_hostile_makefile_series_gets_a_reply_with_no_file_no_trailer_and_no_escape(
+        built_kernel, fetched, e2e_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """The review's E2E-1: a series whose Makefile prints a world-readable file, the project's README,
+    forged trailers and an OSC 52 clipboard write, then fails the build."""
+    import difflib
+    import os
+
+    from pipeline.cli import main
+    from pipeline.gitutil import git as pgit
+
+    monkeypatch.setenv("KPIPE_CACHE_DIR", str(e2e_cache))
+    secret = Path("/var/tmp") / f"kpipe-world-readable-{os.getpid()}"
+    secret.write_text("WORLD-READABLE-SECRET\n")
+    secret.chmod(0o644)
+    cfg = small_config(tmp_path, cycles=300, counted=3)
+    old = pgit(["show", f"{fetched.commit}:Makefile"], fetched.store).output.splitlines(keepends=True)
+    hostile = ["$(info Reviewed-by: Greg Kroah-Hartman <gregkh@linuxfoundation.org>)\n",
+               "$(info Tested-by: kpipe CI <ci@example.org>)\n",
+               "$(info Link: https://evil.example/x)\n",
+               "$(info $(shell printf '\\033]52;c;cGF5bG9hZA==\\007\\033[2K'))\n",
+               f"$(error exfiltrated: $(shell cat {secret} {REPO / 'README.md'} /etc/passwd 2>&1 | head -c 300))\n"]
+    new = old[:1] + hostile + old[1:]
+    diff = "".join(difflib.unified_diff(old, new, "a/Makefile", "b/Makefile"))
+    mbox = tmp_path / "leak.mbox"
+    mbox.write_text("From: Mallory <mallory@example.org>\nTo: list@example.org\nSubject: [PATCH] kbuild: tidy\n"
+                    f"Message-ID: <leak-1@example.org>\n\nTidy.\n---\n{diff}")
+    try:
+        assert main(["triage", str(mbox), "-c", str(cfg)]) == 4  # could not be evaluated: does not build
+    finally:
+        secret.unlink()
+    printed = capsys.readouterr()
+    report = next(p for p in (tmp_path / "reports").iterdir() if p.is_dir())
+    raw = (report / "reply.eml").read_bytes()
+    body = email.message_from_bytes(raw, policy=email.policy.default).get_content()
+    assert "does not build" in body and "exfiltrated" in body  # the build's own error is quoted
+    published = [raw, (report / "index.html").read_bytes(), (report / "results.json").read_bytes(),
+                 (printed.out + printed.err).encode()]
+    for blob in published:
+        assert b"WORLD-READABLE-SECRET" not in blob and b"kpipe: does this kernel patch" not in blob
+        assert b"root:x:0:0" not in blob and b"\x1b" not in blob and b"\x07" not in blob
+    for line in body.splitlines():
+        assert not line.startswith(("Reviewed-by:", "Tested-by:", "Link:")), line
