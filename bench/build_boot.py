@@ -34,15 +34,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline.boot import boot_test_host  # noqa: E402
-from pipeline.build import build_kernel  # noqa: E402
 from pipeline.config import Candidate, Change, KernelConfig, TestHost, Tree  # noqa: E402
-from pipeline.executor import LocalExecutor  # noqa: E402
-from pipeline.fetch import fetch_tree  # noqa: E402
-from pipeline.gitutil import git  # noqa: E402
-from pipeline.initramfs import build_initramfs  # noqa: E402
-from pipeline.machines import choose_accelerator  # noqa: E402
-from pipeline.patch import apply_changes  # noqa: E402
+from pipeline.machines.accel import choose_accelerator  # noqa: E402
+from pipeline.machines.executor import LocalExecutor  # noqa: E402
+from pipeline.stages.boot import boot_test_host  # noqa: E402
+from pipeline.stages.build import build_kernel  # noqa: E402
+from pipeline.stages.fetch import fetch_tree  # noqa: E402
+from pipeline.stages.initramfs import build_initramfs  # noqa: E402
+from pipeline.stages.patch import apply_changes  # noqa: E402
+from pipeline.util.gitutil import git  # noqa: E402
 
 TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
 FRAGMENT = REPO / "vm-templates/kernel/kvm-host.config"

@@ -15,14 +15,14 @@ import threading
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import __version__, exitcodes
-from .analysis import analyze
-from .config import load_config
-from .errors import ConfigError, InfraError, PipelineError, UserError
-from .progress import Progress
-from .report import load_run, render_json, render_text, write_report
-from .runner import Interrupted
-from .untrusted import clean, one_line
+from pipeline import __version__, exitcodes
+from pipeline.config import load_config
+from pipeline.errors import ConfigError, InfraError, PipelineError, UserError
+from pipeline.report.analysis import analyze
+from pipeline.report.render import load_run, render_json, render_text, write_report
+from pipeline.run.runner import Interrupted
+from pipeline.util.progress import Progress
+from pipeline.util.untrusted import clean, one_line
 
 EPILOG = """\
 exit codes:
@@ -58,8 +58,8 @@ def _progress(args: argparse.Namespace) -> Progress:
 # -- one handler per subcommand ------------------------------------------------------------------
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .doctor import missing_tools
-    from .runner import run_pipeline
+    from pipeline.doctor import missing_tools
+    from pipeline.run.runner import run_pipeline
 
     cfg = load_config(args.config, args.hosts)
     problems = missing_tools()
@@ -75,8 +75,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .patch import check_changes
-    from .runner import selected_candidates
+    from pipeline.run.runner import selected_candidates
+    from pipeline.stages.patch import check_changes
 
     cfg = load_config(args.config, args.hosts)
     for c in selected_candidates(cfg, args.only):
@@ -160,7 +160,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from .doctor import doctor
+    from pipeline.doctor import doctor
 
     fine, problems = doctor(args.config, args.hosts, check_hosts=True)
     for line in fine + problems:
@@ -170,7 +170,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_triage(args: argparse.Namespace) -> int:
-    from .triage import run_triage
+    from pipeline.flows.triage import run_triage
 
     cfg = load_config(args.config, args.hosts)
     t = run_triage(cfg, args.source, _progress(args), bisect=args.bisect)
@@ -184,9 +184,9 @@ def cmd_triage(args: argparse.Namespace) -> int:
 
 
 def cmd_bisect(args: argparse.Namespace) -> int:
-    from .bisect import Bisector, tree_for_bisect
-    from .bisect import render_text as bisect_text
-    from .bisect import write_report as bisect_report
+    from pipeline.flows.bisect import Bisector, tree_for_bisect
+    from pipeline.flows.bisect import render_text as bisect_text
+    from pipeline.flows.bisect import write_report as bisect_report
     cfg = load_config(args.config, args.hosts)
     folder = Path(args.resume) if args.resume else None
     if folder and not (folder / "bisect.json").exists():

@@ -8,23 +8,19 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .hostspec import LOCAL_HOST, NAME_RE, HostSpec, hosts_from_yaml, load_hosts  # noqa: F401  (HostSpec, LOCAL_HOST: re-exported)
-from .machines import CHOICES as ACCELERATORS
-from .workloads import load_workloads
-from .yamlreader import Reader, read_yaml
+from pipeline.machines.accel import CHOICES as ACCELERATORS
+from pipeline.machines.spec import LOCAL_HOST, NAME_RE, HostSpec, hosts_from_yaml, load_hosts  # noqa: F401  (HostSpec, LOCAL_HOST: re-exported)
+from pipeline.util.yamlreader import Reader, read_yaml
+from pipeline.workloads.flash import PLACEMENTS, SPIN_MODES, Workload, load_workload  # noqa: F401 (PLACEMENTS, SPIN_MODES: re-exported)
+from pipeline.workloads.kinds import load_workloads
 
 CMDLINE_PARAM_RE = re.compile(r"^[A-Za-z0-9_.\-]+(=[A-Za-z0-9_.,:/\-]*)?$")
 CHANGE_KINDS = ("patch", "revert", "config", "cmdline")
-SPIN_MODES = ("io", "loop", "cpuid", "fault")
-# Where the VMM's threads run in the test host: flash vCPU and readers on
-# distinct CPUs, all on one CPU (with the SRCU kworker), or wherever the
-# scheduler puts them.
-PLACEMENTS = ("apart", "shared", "free")
+
 
 
 @dataclass(frozen=True)
@@ -43,16 +39,6 @@ class Change:
     kind: str  # one of CHANGE_KINDS
     value: str  # a path for patch/config, a commit for revert, parameters for cmdline
     path: Path | None = None  # resolved file for patch/config
-
-
-@dataclass(frozen=True)
-class Workload:
-    cycles: int = 6000
-    static_slots: int = 0
-    spinners: int = 1
-    spin_mode: str = "io"
-    placement: str = "apart"
-    timeout_s: int = 600
 
 
 @dataclass(frozen=True)
@@ -174,7 +160,7 @@ def load_config(path: str | Path, hosts_file: str | Path | None = None) -> Confi
     data = r.mapping(data, "", TOP_KEYS, ("trees", "baseline", "candidates"))
 
     trees = _load_trees(r, data["trees"])
-    workload = _load_workload(r, data.get("workload"), "workload", Workload())
+    workload = load_workload(r, data.get("workload"), "workload", Workload())
     candidates = _load_candidates(r, data["candidates"], trees, workload)
     baseline = r.typed(data["baseline"], "baseline", str)
     if baseline not in {c.name for c in candidates}:
@@ -266,26 +252,6 @@ def _load_trees(r: Reader, data: Any) -> dict[str, Tree]:
     return trees
 
 
-def _load_workload(r: Reader, data: Any, path: str, base: Workload) -> Workload:
-    """Workload settings over `base`; `pin: true|false` is read as placement apart|free."""
-    if isinstance(data, dict) and "pin" in data:
-        data = dict(data)
-        pin = r.typed(data.pop("pin"), f"{path}.pin", bool)
-        if "placement" in data:
-            raise r.error(f"{path}.pin", "give either placement or the older pin, not both")
-        data["placement"] = "apart" if pin else "free"
-    converters: dict[str, Callable[[Any, str], Any]] = {
-        "cycles": lambda v, p: r.typed(v, p, int, lambda x: 1 <= x <= 1000000, "1 to 1000000"),
-        "static_slots": lambda v, p: r.typed(v, p, int, lambda x: 0 <= x <= 32000, "0 to 32000"),
-        "spinners": lambda v, p: r.typed(v, p, int, lambda x: 0 <= x <= 16, "0 to 16"),
-        "spin_mode": lambda v, p: r.typed(v, p, str, lambda x: x in SPIN_MODES, "one of " + ", ".join(SPIN_MODES)),
-        "placement": lambda v, p: r.typed(v, p, str, lambda x: x in PLACEMENTS, "one of " + ", ".join(PLACEMENTS)),
-        "timeout_s": lambda v, p: r.typed(v, p, int, lambda x: 1 <= x <= 86400, "1 to 86400"),
-    }
-    mapping = r.mapping(data, path, (*converters, "pin"))
-    return dataclasses.replace(base, **{k: converters[k](v, f"{path}.{k}") for k, v in mapping.items()})
-
-
 def _load_candidates(r: Reader, data: Any, trees: dict[str, Tree],
                      workload: Workload) -> tuple[Candidate, ...]:
     items = r.typed(data, "candidates", list, lambda x: len(x) > 0, "at least one candidate")
@@ -323,7 +289,7 @@ def _load_candidates(r: Reader, data: Any, trees: dict[str, Tree],
                             lambda x: all(CMDLINE_PARAM_RE.match(w) for w in x.split()) and x.isprintable(),
                             "kernel parameters are name or name=value, on one line")
                 changes.append(Change(kind, " ".join(params)))
-        own_workload = (_load_workload(r, item["workload"], f"{path}.workload", workload)
+        own_workload = (load_workload(r, item["workload"], f"{path}.workload", workload)
                         if "workload" in item else None)
         role = r.typed(item.get("role", ""), f"{path}.role", str, lambda x: x in ("", "control"),
                        "'control' or nothing")

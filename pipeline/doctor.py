@@ -5,8 +5,8 @@ import os
 import shutil
 from pathlib import Path
 
-from .config import load_config
-from .errors import ConfigError
+from pipeline.config import load_config
+from pipeline.errors import ConfigError
 
 TOOLS = {  # command -> Debian package (setup.sh installs the same list)
     "qemu-system-x86_64": "qemu-system-x86", "gcc": "build-essential", "make": "make", "git": "git",
@@ -43,7 +43,7 @@ def doctor(cfg_path: str, hosts_file: str | None = None, check_hosts: bool = Fal
         return fine, problems + [str(exc)]
     import tempfile
 
-    from .sandbox import self_check
+    from pipeline.stages.sandbox import self_check
 
     with tempfile.TemporaryDirectory(prefix="kpipe-doctor-") as tmp:
         os.chmod(tmp, 0o755)
@@ -54,7 +54,7 @@ def doctor(cfg_path: str, hosts_file: str | None = None, check_hosts: bool = Fal
     else:
         fine.append("confined builds: bubblewrap works (unprivileged, no network, read-only outside build/)")
     if check_hosts:
-        from .pool import OK, check_pool
+        from pipeline.machines.pool import OK, check_pool
 
         for h in check_pool(cfg.hosts, cfg.test_host.accelerator, str(cfg.cache_dir), cfg.report.compare_across_kinds):
             line = f"host {h.name} ({h.spec.address}): {h.status}: {h.reason}"

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.boot import boot_test_host
-from pipeline.build import build_kernel
 from pipeline.config import Candidate, KernelConfig, TestHost, Tree
-from pipeline.executor import LocalExecutor
-from pipeline.fetch import fetch_tree
-from pipeline.initramfs import build_initramfs
-from pipeline.machines import choose_accelerator
-from pipeline.patch import apply_changes
+from pipeline.machines.accel import choose_accelerator
+from pipeline.machines.executor import LocalExecutor
+from pipeline.stages.boot import boot_test_host
+from pipeline.stages.build import build_kernel
+from pipeline.stages.fetch import fetch_tree
+from pipeline.stages.initramfs import build_initramfs
+from pipeline.stages.patch import apply_changes
 
 REPO = Path(__file__).resolve().parent.parent
 TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")

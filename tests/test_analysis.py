@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.analysis import analyze
+from pipeline.report.analysis import analyze
 
 
 def _run(boot: float, cpu: float, kworker: float) -> dict[str, Any]:

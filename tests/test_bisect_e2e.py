@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from conftest import REPO, TARBALL, small_config
 
-from pipeline.bisect import Bisector, write_report
 from pipeline.config import Candidate, Change, load_config
-from pipeline.gitutil import git
-from pipeline.patch import apply_changes
+from pipeline.flows.bisect import Bisector, write_report
+from pipeline.stages.patch import apply_changes
+from pipeline.util.gitutil import git
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not TARBALL.exists(), reason="apt-get install linux-source-6.1")]
 

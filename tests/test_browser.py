@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.report import write_report
+from pipeline.report.render import write_report
 
 DATA = Path(__file__).parent / "data"
 pytestmark = pytest.mark.browser

@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 from conftest import FRAGMENT, REPO
 
-from pipeline.build import BuildFailed, build_kernel, slot_path
 from pipeline.config import Candidate, Change, KernelConfig
-from pipeline.gitutil import git
-from pipeline.patch import apply_changes
+from pipeline.stages.build import build_kernel
+from pipeline.stages.patch import apply_changes
+from pipeline.stages.slots import slot_path
+from pipeline.stages.steps import BuildFailed
+from pipeline.util.gitutil import git
 
 pytestmark = pytest.mark.slow
 REGRESSION = REPO / "patches" / "0001-srcu-v5.19-rc1-expedited-policy-regression.patch"

@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 from conftest import FRAGMENT, TARBALL, qemu_pids, small_config
 
-from pipeline.boot import BootFailed, QemuFailed, boot_test_host
-from pipeline.build import ConfigOptionDropped, build_kernel
 from pipeline.config import Candidate, Change, KernelConfig, Workload
 from pipeline.errors import InfraError
-from pipeline.executor import LocalExecutor
-from pipeline.patch import apply_changes
-from pipeline.workload import build_vmm, install_vmm, run_workload
+from pipeline.machines.executor import LocalExecutor
+from pipeline.stages.boot import BootFailed, QemuFailed, boot_test_host
+from pipeline.stages.build import build_kernel
+from pipeline.stages.kconfig import ConfigOptionDropped
+from pipeline.stages.patch import apply_changes
+from pipeline.workloads.flash import build_vmm, install_vmm, run_workload
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not TARBALL.exists(), reason="apt-get install linux-source-6.1 (./setup.sh)")]
@@ -178,7 +179,8 @@ def test_kvm_selftest_from_the_tree_runs_in_the_test_host(fetched, test_host, e2
     booted test host, run against its /dev/kvm, its own output parsed."""
     import subprocess
 
-    from pipeline.workloads import ExtraWorkload, build_selftest, run_extra
+    from pipeline.run.prepare import build_selftest
+    from pipeline.workloads.kinds import ExtraWorkload, run_extra
 
     install_vmm(test_host, build_vmm(e2e_cache))  # other tests may have run the flash VMM: it does not matter
     w = ExtraWorkload("st", "kvm-selftest", metric, test=test, args=args, timeout_s=300)

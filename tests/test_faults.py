@@ -18,8 +18,8 @@ import fabric
 import pytest
 from conftest import FRAGMENT, REPO, TARBALL, qemu_pids, small_config
 
-from pipeline.build import slot_path
 from pipeline.config import KernelConfig
+from pipeline.stages.slots import slot_path
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not TARBALL.exists(), reason="apt-get install linux-source-6.1 (./setup.sh)")]

@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 from test_measure import Script, make
 
-from pipeline.hostcmd import RemoteResult, RemoteTimeout
-from pipeline.pool import OK
-from pipeline.proc import run
-from pipeline.untrusted import clean, defuse_trailers, quote_block
-from pipeline.workload import WorkloadFailed, parse_output, run_workload
-from pipeline.workloads import CommandKind, ExtraWorkload
+from pipeline.machines.hostcmd import RemoteResult, RemoteTimeout
+from pipeline.machines.pool import OK
+from pipeline.util.proc import run
+from pipeline.util.untrusted import clean, defuse_trailers, quote_block
+from pipeline.workloads.flash import WorkloadFailed, parse_output, run_workload
+from pipeline.workloads.kinds import CommandKind, ExtraWorkload
 
 GOOD_VMM = json.loads((Path(__file__).parent / "data" / "flashvmm-v2-baseline.json").read_text())
 
@@ -167,7 +167,7 @@ def test_quoted_excerpts_carry_no_trailer_and_no_escape() -> None:
 
 def test_a_reply_to_thousands_is_capped_with_a_warning(tmp_path: Path) -> None:
     """#24, with #7's excerpt in the body."""
-    from pipeline.triage import MAX_CC, Series, write_reply
+    from pipeline.flows.mail import MAX_CC, Series, write_reply
 
     series = Series(subject="[PATCH] x \x1b[31mred", message_id="<m@example.org>", references="<m@example.org>",
                     sender="A <a@example.org>", to=[f"u{i}@example.org" for i in range(5000)], cc=[],
@@ -218,7 +218,7 @@ def test_build_output_costs_bounded_memory(tmp_path: Path) -> None:
 
 def test_a_binary_patch_bomb_is_refused_before_git_sees_it(tmp_path: Path) -> None:
     """#9"""
-    from pipeline.patch import UnsafePatch, check_patch_paths
+    from pipeline.stages.patch import UnsafePatch, check_patch_paths
 
     text = ("diff --git a/fw.bin b/fw.bin\nnew file mode 100644\nindex 0000000..1111111\nGIT binary patch\n"
             "literal 104857600\nzcmeIuK@k8T2m`=<\n\nliteral 0\nHcmV?d00001\n")
@@ -229,8 +229,8 @@ def test_a_binary_patch_bomb_is_refused_before_git_sees_it(tmp_path: Path) -> No
 
 def test_the_console_is_read_in_bounded_steps(tmp_path: Path) -> None:
     """#17: the boot loop's reads do not grow with the log (a 100 MB console costs what 1 MB does)."""
-    from pipeline.boot import CONSOLE_WINDOW, _ConsoleTail
-    from pipeline.executor import LocalExecutor
+    from pipeline.machines.executor import LocalExecutor
+    from pipeline.stages.boot import CONSOLE_WINDOW, _ConsoleTail
 
     console = tmp_path / "console.log"
     with open(console, "wb") as f:
@@ -245,7 +245,7 @@ def test_the_console_is_read_in_bounded_steps(tmp_path: Path) -> None:
 
 def test_a_broken_or_torn_sibling_summary_is_skipped(tmp_path: Path) -> None:
     """#25, #26"""
-    from pipeline.report import write_index
+    from pipeline.report.render import write_index
 
     reports = tmp_path / "reports"
     for name, text in (("good", json.dumps({"status": "done", "analysis": {"headline": "ok"}})),
@@ -274,7 +274,7 @@ def test_a_broken_or_torn_sibling_summary_is_skipped(tmp_path: Path) -> None:
 
 def test_stale_temp_files_are_removed_when_a_run_folder_is_opened(tmp_path: Path) -> None:
     """#28"""
-    from pipeline.results import RunFolder
+    from pipeline.records.results import RunFolder
 
     folder = RunFolder.create(tmp_path / "runs")
     for i in range(20):
@@ -286,7 +286,7 @@ def test_stale_temp_files_are_removed_when_a_run_folder_is_opened(tmp_path: Path
 def test_a_refused_locker_leaves_the_holders_line(tmp_path: Path) -> None:
     """#29"""
     from pipeline.errors import InfraError
-    from pipeline.lock import cache_lock
+    from pipeline.util.lock import cache_lock
 
     with cache_lock(tmp_path, "the first run"):
         with pytest.raises(InfraError, match="the first run"):
@@ -334,7 +334,7 @@ def test_each_kernel_image_gets_its_own_host_key(tmp_path: Path) -> None:
 
     if not shutil.which("dropbearkey") or not shutil.which("cpio"):
         pytest.skip("needs dropbear-bin and cpio (./setup.sh)")
-    from pipeline.initramfs import Initramfs, SshKeys, with_own_host_key
+    from pipeline.stages.initramfs import Initramfs, SshKeys, with_own_host_key
 
     base = tmp_path / "initramfs" / "base.cpio.gz"
     base.parent.mkdir()
@@ -378,7 +378,7 @@ def sshd(tmp_path_factory: pytest.TempPathFactory):
 
 def test_a_test_host_that_streams_without_end_costs_bounded_memory(sshd) -> None:
     """#36: 64 MB on stdout: the last 1 MiB is kept, the rest counted as dropped."""
-    from pipeline.hostcmd import run_command
+    from pipeline.machines.hostcmd import run_command
 
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     res = run_command(sshd.get_transport(), "head -c 64000000 /dev/zero; echo; echo tail-line", 120,
@@ -389,7 +389,7 @@ def test_a_test_host_that_streams_without_end_costs_bounded_memory(sshd) -> None
 
 
 def test_a_test_host_command_past_its_timeout_raises_and_a_background_child_does_not_hold_it(sshd) -> None:
-    from pipeline.hostcmd import run_command
+    from pipeline.machines.hostcmd import run_command
 
     t0 = time.monotonic()
     with pytest.raises(RemoteTimeout):

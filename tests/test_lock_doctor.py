@@ -13,7 +13,7 @@ import pytest
 from pipeline.cli import main
 from pipeline.doctor import TOOLS
 from pipeline.errors import InfraError
-from pipeline.lock import cache_lock
+from pipeline.util.lock import cache_lock
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_second_holder_is_told_who_holds_the_cache(tmp_path: Path) -> None:
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; sys.path.insert(0, sys.argv[1]);"
-        "from pathlib import Path; from pipeline.lock import cache_lock\n"
+        "from pathlib import Path; from pipeline.util.lock import cache_lock\n"
         "with cache_lock(Path(sys.argv[2]), 'run first'):\n"
         "    print('locked', flush=True); time.sleep(30)"), str(REPO), str(tmp_path)],
         stdout=subprocess.PIPE, text=True)

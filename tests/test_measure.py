@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from pipeline.boot import BootFailed
 from pipeline.config import Candidate, Config, Repetitions, Workload
-from pipeline.measure import Measurer, Prepared
-from pipeline.pool import OK, PoolHost
-from pipeline.progress import Progress
-from pipeline.results import RunFolder
-from pipeline.workload import WorkloadFailed, WorkloadResult
+from pipeline.machines.pool import OK, PoolHost
+from pipeline.records.results import RunFolder
+from pipeline.run.measure import Measurer, Prepared
+from pipeline.stages.boot import BootFailed
+from pipeline.util.progress import Progress
+from pipeline.workloads.flash import WorkloadFailed, WorkloadResult
 
 
 @dataclass
@@ -186,7 +186,7 @@ def test_a_lost_host_hands_its_job_to_another(tmp_path: Path) -> None:
 def test_nothing_is_measured_when_only_references_are_left() -> None:
     from types import SimpleNamespace
 
-    from pipeline.runner import _worth_measuring
+    from pipeline.run.runner import _worth_measuring
 
     cfg = SimpleNamespace(baseline="base")
 
@@ -202,7 +202,7 @@ def test_nothing_is_measured_when_only_references_are_left() -> None:
 
 
 def test_other_workloads_run_in_each_repetition_and_their_failure_is_the_candidates(tmp_path: Path) -> None:
-    from pipeline.workloads import ExtraWorkload, WorkloadOutputError
+    from pipeline.workloads.kinds import ExtraWorkload, WorkloadOutputError
 
     script = Script({"a": ["ok"], "b": ["ok"]})
     m, folder, preps, failures = make(tmp_path, script, counted=2)

@@ -20,12 +20,12 @@ import pytest
 from conftest import FRAGMENT, REPO, qemu_pids, small_config
 from sshd_hosts import SshdHost, descendants, keygen
 
-from pipeline.analysis import analyze
 from pipeline.config import HostSpec, KernelConfig, load_config
 from pipeline.errors import ConfigError
-from pipeline.pool import LOST, OK, UNUSABLE, UNUSED, HostLost, Job, PoolHost, check_pool, dispatch
-from pipeline.remote import RemoteExecutor, parse_probe
-from pipeline.sandbox import forget_owner
+from pipeline.machines.pool import LOST, OK, UNUSABLE, UNUSED, HostLost, Job, PoolHost, check_pool, dispatch
+from pipeline.machines.remote import RemoteExecutor, parse_probe
+from pipeline.report.analysis import analyze
+from pipeline.stages.sandbox import forget_owner
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the test sshd daemons log in as root")
 
@@ -184,7 +184,7 @@ def test_hosts_on_one_machine_take_turns_unless_they_may_share_cpus(share_cpus: 
 
 
 def test_only_the_largest_kind_is_used_unless_comparing_across_kinds(monkeypatch: pytest.MonkeyPatch) -> None:
-    import pipeline.pool as pool
+    import pipeline.machines.pool as pool
 
     specs = [HostSpec(name="amd1", host="h", kind="amd"), HostSpec(name="intel1", host="h", kind="intel"),
              HostSpec(name="amd2", host="h", kind="amd"),
@@ -200,7 +200,7 @@ def test_only_the_largest_kind_is_used_unless_comparing_across_kinds(monkeypatch
 
 
 def test_hosts_with_one_boot_id_are_reported_as_one_machine(monkeypatch: pytest.MonkeyPatch) -> None:
-    import pipeline.pool as pool
+    import pipeline.machines.pool as pool
 
     monkeypatch.setattr(pool, "make_executor", lambda spec, wd: FakeExecutor(spec.name, {**FACTS, "boot_id": "b1"}))
     hosts = check_pool([HostSpec(name="x", host="h"), HostSpec(name="y", host="h")], "tcg", "/tmp", False)
@@ -386,8 +386,9 @@ def test_builds_use_distcc_on_pool_hosts_that_offer_it(built_kernel, e2e_cache: 
     the reason."""
     from sshd_hosts import free_port
 
-    from pipeline.build import compile_env, compiler_version, slot_path
-    from pipeline.pool import distcc_hosts
+    from pipeline.machines.pool import distcc_hosts
+    from pipeline.stages.build import compile_env, compiler_version
+    from pipeline.stages.slots import slot_path
 
     port = free_port()
     log = tmp_path / "distccd.log"

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.errors import ConfigError, InfraError
-from pipeline.proc import CommandTimeout, run
+from pipeline.util.proc import CommandTimeout, run
 
 
 def test_timeout_fires_while_the_command_keeps_its_output_open(tmp_path: Path) -> None:
@@ -52,8 +52,9 @@ def test_a_confined_build_dies_with_a_killed_pipeline(tmp_path: Path) -> None:
     os.chmod(tmp_path, 0o755)
     child = subprocess.Popen([sys.executable, "-c", (
         "import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path\n"
-        "from pipeline.sandbox import Sandbox; from pipeline.proc import run\n"
-        "t = Path(sys.argv[2]); box = Sandbox(t / 'src', t / 'src' / 'build', t / 'ccache'); box.prepare(t / 'b.owner', t / 'c.owner')\n"
+        "from pipeline.stages.sandbox import Sandbox; from pipeline.util.proc import run\n"
+        "t = Path(sys.argv[2]); box = Sandbox(t / 'src', t / 'src' / 'build', t / 'ccache')\n"
+        "box.prepare(t / 'b.owner', t / 'c.owner')\n"
         "run(box.wrap(['sh', '-c', sys.argv[3] + ' & ' + sys.argv[3] + '; wait'], {}))\n"),
         str(Path(__file__).resolve().parent.parent), str(tmp_path), marker])
 

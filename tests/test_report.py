@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.analysis import analyze
 from pipeline.cli import main
 from pipeline.errors import UserError
-from pipeline.report import render_html, render_text, write_report
+from pipeline.report.analysis import analyze
+from pipeline.report.render import render_html, render_text, write_report
 
 DATA = Path(__file__).parent / "data"
 HOSTILE = '<script>alert("x")</script> srcu: & "quoted"'
@@ -99,7 +99,7 @@ def test_report_command_formats_and_exit_code(real, tmp_path: Path, capsys: pyte
 
 
 def test_swept_parameter_is_found_and_plotted(real) -> None:
-    from pipeline.plots import swept_parameters
+    from pipeline.report.plots import swept_parameters
 
     results, metadata = real
     r = copy.deepcopy(results)
@@ -184,3 +184,17 @@ def test_current_results_render_with_controls_tradeoff_and_on_top_comparisons(tm
     text = render_text(results, metadata, a)
     assert all(len(line) <= 72 for line in text.splitlines())
     assert "kvm-srcu-nodelay-on-regression vs regression-282d8998" in text
+
+
+def test_every_committed_report_re_renders_byte_identical(tmp_path: Path) -> None:
+    """The JSON shape and the renderer agree with what was published: each committed run folder under
+    reports/ renders to the same index.html, summary.txt and summary.json it holds."""
+    from pipeline.report.render import write_report
+
+    root = Path(__file__).resolve().parent.parent / "reports"
+    runs = sorted(p for p in root.iterdir() if (p / "results.json").is_file())
+    assert runs, "no committed report to check"
+    for run in runs:
+        out = write_report(run, tmp_path)
+        for name in ("index.html", "summary.txt", "summary.json"):
+            assert (out / name).read_bytes() == (run / name).read_bytes(), f"{run.name}/{name} renders differently"

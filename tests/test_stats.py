@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from pipeline.stats import NO_CHANGE, compare, min_runs_for_significance, summarize
+from pipeline.report.stats import NO_CHANGE, compare, min_runs_for_significance, summarize
 
 
 def test_median_and_degenerate_interval() -> None:

@@ -11,8 +11,8 @@ import pytest
 from conftest import REPO, TARBALL, git, small_config
 
 from pipeline.errors import UserError
-from pipeline.patch import UnsafePatch
-from pipeline.triage import parse_series, resolve_source, write_reply
+from pipeline.flows.mail import parse_series, resolve_source, write_reply
+from pipeline.stages.patch import UnsafePatch
 
 
 def make_mbox(repo: Path, tmp_path: Path, n: int = 2, cover: bool = True, reverse: bool = False) -> Path:
@@ -206,7 +206,7 @@ def test_triage_of_the_regression_patch_and_of_a_patch_that_does_not_apply(built
     ("boot-timeout", "boot", "does not boot (boot-timeout)"),
 ])
 def test_outcome_quotes_the_failure(small_repo: Path, tmp_path: Path, status: str, stage: str, expect: str) -> None:
-    from pipeline.triage import outcome
+    from pipeline.flows.triage import outcome
 
     series = parse_series(make_mbox(small_repo, tmp_path), tmp_path / "work")
     results = {"candidates": {"s": {"status": status, "stages": {stage: {"excerpt": "srcutree.c:12: error: x"}}}}}
@@ -217,7 +217,7 @@ def test_outcome_quotes_the_failure(small_repo: Path, tmp_path: Path, status: st
 @pytest.mark.parametrize("verdict,word", [("slower", "regresses"), ("faster", "improves"),
                                           ("no significant change", "makes no significant change to")])
 def test_outcome_verdict_words(small_repo: Path, tmp_path: Path, verdict: str, word: str) -> None:
-    from pipeline.triage import outcome
+    from pipeline.flows.triage import outcome
 
     series = parse_series(make_mbox(small_repo, tmp_path), tmp_path / "work")
     comp = {"boot_s": {"verdict": verdict, "change_pct": 12.0, "p_value": 0.01},
@@ -253,7 +253,7 @@ def test_comment_only_series_is_answered_as_binary_identical_without_measuring(
     import difflib
 
     from pipeline.cli import main
-    from pipeline.gitutil import git as pgit
+    from pipeline.util.gitutil import git as pgit
 
     monkeypatch.setenv("KPIPE_CACHE_DIR", str(e2e_cache))
     cfg = small_config(tmp_path, cycles=300, counted=3)
@@ -276,7 +276,7 @@ def test_comment_only_series_is_answered_as_binary_identical_without_measuring(
 
 
 def test_series_commits_for_a_bisection_come_from_the_patch_stage() -> None:
-    from pipeline.triage import series_commits
+    from pipeline.flows.triage import series_commits
 
     results = {"candidates": {"s": {"stages": {"patch": {"base_commit": "b" * 40, "changes": [
         {"kind": "patch", "source": "0001.patch", "patches": [{"subject": "one", "author": "a", "commit": "1" * 40}]},
@@ -295,7 +295,7 @@ def test_a_hostile_makefile_series_gets_a_reply_with_no_file_no_trailer_and_no_e
     import os
 
     from pipeline.cli import main
-    from pipeline.gitutil import git as pgit
+    from pipeline.util.gitutil import git as pgit
 
     monkeypatch.setenv("KPIPE_CACHE_DIR", str(e2e_cache))
     secret = Path("/var/tmp") / f"kpipe-world-readable-{os.getpid()}"

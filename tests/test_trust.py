@@ -14,12 +14,14 @@ from pathlib import Path
 import pytest
 from conftest import git
 
-from pipeline.build import BuildFailed, build_kernel, slot_path
 from pipeline.config import Candidate, Change, KernelConfig, Tree
-from pipeline.fetch import fetch_tree
-from pipeline.patch import apply_changes
-from pipeline.safefs import UnsafeArtifact, copy_regular
-from pipeline.sandbox import self_check
+from pipeline.stages.build import build_kernel
+from pipeline.stages.fetch import fetch_tree
+from pipeline.stages.patch import apply_changes
+from pipeline.stages.sandbox import self_check
+from pipeline.stages.slots import slot_path
+from pipeline.stages.steps import BuildFailed
+from pipeline.util.safefs import UnsafeArtifact, copy_regular
 
 needs_tools = pytest.mark.skipif(not shutil.which("bwrap") or not shutil.which("ccache"),
                                  reason="needs bubblewrap and ccache (./setup.sh)")
@@ -237,17 +239,9 @@ def test_the_build_sees_only_the_toolchain_and_its_tree(tiny, tmp_path: Path) ->
     assert self_check(tmp_path / "probe", secrets=(keys,)) == ""
 
 
-def test_the_sandbox_probe_sees_what_it_is_shown(tmp_path: Path) -> None:
-    """The probe is not vacuous: a secret bound in for it to find is reported."""
-    seen = tmp_path / "seen"
-    seen.mkdir()
-    (seen / "f").write_text("x")
-    from pipeline import sandbox
+def test_the_sandbox_probe_sees_what_it_is_shown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probe is not vacuous: a file bound in for it to find is reported."""
+    from pipeline.stages import sandbox
 
-    orig = sandbox.TOOLCHAIN_ETC
-    sandbox.TOOLCHAIN_ETC = (*orig, "/etc/hostname")
-    try:
-        wrong = self_check(tmp_path / "probe", secrets=(Path("/etc/hostname"),))
-    finally:
-        sandbox.TOOLCHAIN_ETC = orig
-    assert "/etc/hostname" in wrong
+    monkeypatch.setattr(sandbox, "TOOLCHAIN_ETC", (*sandbox.TOOLCHAIN_ETC, "/etc/hostname"))
+    assert "/etc/hostname" in self_check(tmp_path / "probe", secrets=(Path("/etc/hostname"),))

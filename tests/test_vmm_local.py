@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.workload import build_vmm, derive_metrics, parse_output
+from pipeline.workloads.flash import build_vmm, derive_metrics, parse_output
 
 
 def _local_kvm_reason() -> str | None:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.analysis import analyze
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
-from pipeline.workloads import CommandKind, ExtraWorkload, SelftestKind, WorkloadOutputError
+from pipeline.report.analysis import analyze
+from pipeline.workloads.kinds import CommandKind, ExtraWorkload, SelftestKind, WorkloadOutputError
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,0 +1,2 @@
+"""Whole evaluations built on a run: triage of a posted series, bisection.
+"""

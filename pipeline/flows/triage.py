@@ -1,0 +1,178 @@
+"""triage: from a patch series posted to a mailing list to a report and a reply email.
+
+The email is untrusted: it is parsed with the standard library, size-checked,
+its diffs' paths are checked before git sees them (patch.check_patch_paths),
+its text reaches the HTML only through autoescaping, and nothing from it is
+ever passed to a shell.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Candidate, Change, Config, Tree
+from pipeline.errors import UserError
+from pipeline.flows.mail import Series, parse_series, resolve_source, write_reply
+from pipeline.stages.fetch import object_store
+from pipeline.util.gitutil import git
+from pipeline.util.untrusted import one_line, quote_block
+
+
+def _slug(subject: str) -> str:
+    s = re.sub(r"^(\[[^\]]*\]\s*)+", "", subject)
+    s = re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-.").lower()
+    return ("series-" + s)[:64].rstrip("-.") or "series"
+
+def triage_config(cfg: Config, series: Series) -> tuple[Config, str]:
+    """A config with the baseline and one candidate: the series on the baseline's tree
+    (or on the series' base-commit when the object store has it)."""
+    base = cfg.candidate(cfg.baseline)
+    tree_name = base.tree
+    trees = dict(cfg.trees)
+    note = f"applied on the baseline tree '{base.tree}'"
+    if series.base_commit:
+        store = object_store(cfg.cache_dir)
+        has = git(["cat-file", "-e", f"{series.base_commit}^{{commit}}"], store, check=False).returncode == 0
+        if has:
+            tree_name = "series-base"
+            # Any commit of the object store, another triaged series' among them: untrusted.
+            trees[tree_name] = Tree(tree_name, git=str(store), ref=series.base_commit, trusted=False)
+            note = f"applied on its base-commit {series.base_commit[:12]}"
+        else:
+            note += f" (its base-commit {series.base_commit[:12]} is not in the tree)"
+    name = _slug(series.subject)
+    if name == base.name:
+        name += "-1"
+    cand = Candidate(name, tree_name, tuple(Change("patch", p.path.name, p.path) for p in series.patches),
+                     description=series.subject)
+    # Code from a mailing list: its build always runs confined, whatever the config says.
+    kernel = dataclasses.replace(cfg.kernel, sandbox=True)
+    return dataclasses.replace(cfg, trees=trees, candidates=(base, cand), kernel=kernel), note
+
+def outcome(results: dict[str, Any], analysis: dict[str, Any], cand: str, series: Series) -> str:
+    """The one paragraph a maintainer reads first."""
+    c = results["candidates"].get(cand, {})
+    st = c.get("stages", {})
+    status = c.get("status")
+    if status == "patch-failed":
+        failed = st.get("patch", {})
+        where = failed.get("location") or "?"
+        which = failed.get("change", "")
+        num = next((p for p in series.patches if which.endswith(p.path.name)), None)
+        label = f"patch {num.number} ({one_line(num.subject, 120)})" if num else one_line(which, 120)
+        return f"The series does not apply: {label} fails at {where}.\n\n{quote_block(failed.get('excerpt', ''), 30)}"
+    if status == "identical":
+        return ("The kernel built with the series is byte-for-byte the baseline's, with the same command line "
+                "and workload: this series cannot change the measurement, so it was not measured.")
+    if status == "build-timeout":
+        return ("The kernel build with the series did not finish within its time limit and was stopped:\n\n"
+                + quote_block(st.get("build", {}).get("excerpt", ""), 40))
+    if status == "build-failed":
+        return ("The series applies but the kernel does not build:\n\n"
+                + quote_block(st.get("build", {}).get("excerpt", ""), 40))
+    if status in ("boot-failed", "boot-timeout"):
+        return (f"The kernel with the series does not boot ({status}). Console:\n\n"
+                + quote_block(st.get("boot", {}).get("excerpt", ""), 40))
+    if status != "ok":
+        return f"The evaluation could not finish ({status}): {one_line(c.get('status_detail', ''), 300)}"
+    row = next(r for r in analysis["rows"] if r["name"] == cand)
+    b = row["comparisons"].get("boot_s", {})
+    cpu = row["comparisons"].get("host_cpu_s", {})
+    word = {"slower": "regresses", "faster": "improves"}.get(b.get("verdict", ""), "makes no significant change to")
+    return (f"The series {word} the guest boot time: {b.get('change_pct', float('nan')):+.1f}% "
+            f"(p = {b.get('p_value', float('nan')):.4f}); host CPU {cpu.get('change_pct', float('nan')):+.1f}% "
+            f"({cpu.get('verdict')}).")
+
+@dataclass(frozen=True)
+class TriageResult:
+    first_paragraph: str
+    report_dir: Path
+    reply: Path
+    analysis: dict[str, Any]
+    warnings: tuple[str, ...] = ()
+
+def series_commits(results: dict[str, Any], cand: str) -> tuple[str, list[str]]:
+    """(base commit, one commit per patch in order) of a triaged series, from its patch stage."""
+    stage = results["candidates"][cand]["stages"].get("patch", {})
+    commits = [p["commit"] for ch in stage.get("changes", []) for p in ch.get("patches", [])]
+    return stage.get("base_commit", ""), commits
+
+def bisect_series(cfg: Config, results: dict[str, Any], cand: str, series: Series, progress: Any) -> str:
+    """Which patch of a regressing series regresses: a bisection over its commits. Returns a paragraph."""
+    from pipeline.flows.bisect import Bisector
+    from pipeline.flows.bisect import write_report as bisect_report
+
+    base, commits = series_commits(results, cand)
+    if len(commits) < 2 or not base:
+        return ""
+    tree = next(c.tree for c in cfg.candidates if c.name == cand)
+    # The steps are the series' own commits: built as untrusted as the series itself.
+    cfg = dataclasses.replace(cfg, trees={**cfg.trees, tree: dataclasses.replace(cfg.trees[tree], trusted=False)})
+    r = Bisector(cfg, tree, base, commits[-1], progress=progress).run()
+    out = bisect_report(r, cfg.report.dir)
+    if r.first_bad is None:
+        return f"A bisection over the series could not single out one patch ({r.status}); see {out / 'index.html'}."
+    i = commits.index(r.first_bad)
+    patch = series.patches[i]
+    return (f"A bisection over the series ({len(r.steps)} steps) names patch {patch.number} as the first that "
+            f"regresses: \"{patch.subject}\" ({r.first_bad[:12]}); bisection report: {out / 'index.html'}.")
+
+def run_triage(cfg: Config, source: str, progress: Any = None, bisect: bool = False) -> TriageResult:
+    """Evaluate a posted series against the baseline: parse it, run both, render the report and the reply.
+    With `bisect`, a series of several patches that regresses is bisected to the patch that does it."""
+    from pipeline.records.results import new_run_id
+    from pipeline.report.analysis import analyze
+    from pipeline.report.render import load_run, render_text, report_url, write_report
+    from pipeline.run.runner import run_pipeline
+    from pipeline.util.progress import Progress
+
+    workdir = cfg.runs_dir / "triage" / new_run_id()
+    workdir.mkdir(parents=True)
+    try:
+        series = parse_series(resolve_source(source, workdir), workdir / "patches")
+    except UserError:
+        shutil.rmtree(workdir, ignore_errors=True)  # nothing was evaluated: leave nothing behind
+        raise
+    tcfg, note = triage_config(cfg, series)
+    cand = tcfg.candidates[1].name
+    progress = progress or Progress()
+    progress.say("triage", cand, f"{len(series.patches)} patch(es), {note}"
+                 + (f"; skipped {len(series.skipped)} non-patch message(s)" if series.skipped else ""))
+    folder = run_pipeline(tcfg, None, progress)
+    out = cfg.report.dir / folder.run_id  # where write_report puts the page; the reply goes beside it
+    out.mkdir(parents=True, exist_ok=True)
+    results, metadata = load_run(folder.path)
+    a = analyze(results)
+    first = outcome(results, a, cand, series) + f"\n\n(The series was {note}.)"
+    if bisect and cand in a["regressions"]:
+        found = bisect_series(tcfg, results, cand, series, progress)
+        if found:
+            first += "\n\n" + found
+    link = report_url(cfg.report.base_url, folder.run_id)
+    passed = results["candidates"][cand].get("status") == "ok" and cand not in a["regressions"]
+    reply, warnings = write_reply(series, render_text(results, metadata, a), first, link, out / "reply.eml",
+                                  reproduction(results, cand, series), folder.run_id, cfg.report.reply_from,
+                                  passed)
+    write_report(folder.path, cfg.report.dir)  # after the reply, so the page links it
+    return TriageResult(first, out, reply, a, tuple(warnings))
+
+def reproduction(results: dict[str, Any], cand: str, series: Series) -> str:
+    """How to get the same kernels: trees, commits, kernel release, and the command."""
+    lines = ["To reproduce:"]
+    for name in (results.get("baseline", ""), cand):
+        st = results.get("candidates", {}).get(name, {}).get("stages", {})
+        fetch, patch, build = st.get("fetch", {}), st.get("patch", {}), st.get("build", {})
+        if not fetch:
+            continue
+        commit = patch.get("commit") or fetch.get("commit", "")
+        lines.append(f"  {name[:40]}: {fetch.get('origin', '?')} at {str(fetch.get('commit', ''))[:12]}"
+                     + (f", patched to {str(commit)[:12]}" if commit != fetch.get("commit") else "")
+                     + (f", kernel {build['kernel_release']}" if build.get("kernel_release") else ""))
+    lines.append("  .config and every log: in the report")
+    n = len(series.patches)
+    lines.append(f"  kpipe triage <the {n} message{'s' if n != 1 else ''} as an mbox>")
+    return "\n".join(lines)

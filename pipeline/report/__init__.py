@@ -1,0 +1,2 @@
+"""Results to verdicts to pages: analysis, statistics, plots, HTML and text. Reads records only.
+"""

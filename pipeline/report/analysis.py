@@ -1,0 +1,243 @@
+"""Turn results.json into the comparison every report format renders."""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any
+
+from pipeline.records.results import IDENTICAL
+from pipeline.report.stats import FAILED, SLOWER, compare, summarize
+
+IDENTICAL_VERDICT = "binary-identical"
+
+METRICS = {
+    "boot_s": ("guest boot time", "s"),
+    "host_cpu_s": ("host CPU (boot, w/o reader vCPUs)", "s"),
+    "gp_ms": ("time per expedited grace period", "ms"),
+    "kworker_cpu_s": ("SRCU kworkers' CPU", "s"),
+    "flash_thread_cpu_s": ("updater (flash vCPU) CPU", "s"),
+    "spinner_cpu_s": ("reader vCPUs' CPU", "s"),
+    "updates_over_jiffy": ("memslot updates of a jiffy or more", ""),
+    "delete_mean_ms": ("memslot delete, mean", "ms"),
+    "create_mean_ms": ("memslot create, mean", "ms"),
+    "reader_exits_per_s": ("reader vCPU exits per second", "/s"),
+    "other_cpu_s": ("CPU outside the VMM", "s"),
+    "updates_over_2ms": ("memslot updates over 2 ms", ""),
+    "update_p99_us": ("memslot update p99", "us"),
+}
+COMPARED = ("boot_s", "host_cpu_s")
+
+
+def _values(runs: list[dict[str, Any]], metric: str) -> list[float]:
+    return [float(r["metrics"][metric]) for r in runs if metric in r.get("metrics", {})]
+
+
+def reference_kind(results: dict[str, Any]) -> str | None:
+    """The host kind comparisons are made on: the one most of the baseline's runs ran on.
+
+    None when every run was on one kind (or runs carry no kind) or when the
+    settings allow comparing across kinds.
+    """
+    if results.get("settings", {}).get("compare_across_kinds"):
+        return None
+    cands = results.get("candidates", {})
+    kinds = Counter(r.get("host_kind") for c in cands.values() for r in c.get("runs", []))
+    if len(kinds) <= 1:
+        return None
+    base = Counter(r.get("host_kind") for r in cands.get(results.get("baseline", ""), {}).get("runs", []))
+    return (base or kinds).most_common(1)[0][0]
+
+
+def analyze(results: dict[str, Any]) -> dict[str, Any]:
+    settings = results.get("settings", {})
+    alpha = float(settings.get("alpha", 0.05))
+    min_effect = float(settings.get("min_effect_pct", 5.0))
+    resamples = int(settings.get("bootstrap_resamples", 2000))
+    baseline = results.get("baseline", "")
+    cands = results.get("candidates", {})
+    order = results.get("candidate_order") or list(cands)
+    ref_kind = reference_kind(results)
+
+    def usable(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return runs if ref_kind is None else [r for r in runs if r.get("host_kind") == ref_kind]
+
+    specs = results.get("candidate_specs", {})
+    extras = [w for w in results.get("workloads", []) if isinstance(w, dict) and w.get("headline")]
+    compared = COMPARED + tuple(w["headline"] for w in extras)
+    metric_names = list(METRICS) + sorted({m for c in cands.values() for r in c.get("runs", [])
+                                           for m in r.get("metrics", {}) if "." in m})
+    rows = []
+    for name in order:
+        spec = specs.get(name, {})
+        reference = spec.get("compare_to") or baseline
+        ref = cands.get(reference, {})
+        base_runs = usable(ref.get("runs", [])) if ref.get("status") == "ok" else []
+        c = cands.get(name, {"status": "pending", "runs": []})
+        all_runs = c.get("runs", [])
+        runs = usable(all_runs)
+        summaries = {m: summarize(_values(runs, m), resamples) for m in metric_names}
+        comparisons = {}
+        ok = c.get("status") == "ok" and len(runs) > 0
+        for m in compared:
+            if name == baseline:
+                continue
+            if c.get("status") == IDENTICAL:
+                comparisons[m] = {"change_pct": 0.0, "change_ci_low": 0.0, "change_ci_high": 0.0,
+                                  "p_value": math.nan, "verdict": IDENTICAL_VERDICT}
+            elif not ok or not base_runs:
+                comparisons[m] = {"change_pct": math.nan, "change_ci_low": math.nan, "change_ci_high": math.nan,
+                                  "p_value": math.nan, "verdict": FAILED}
+            else:
+                comparisons[m] = compare(_values(runs, m), _values(base_runs, m), m, alpha, min_effect,
+                                         resamples).as_dict()
+        rows.append({
+            "name": name,
+            "is_baseline": name == baseline,
+            "compare_to": reference,
+            "role": spec.get("role", ""),
+            "status": c.get("status", "pending"),
+            "status_detail": c.get("status_detail", ""),
+            "n": len(runs),
+            "excluded_other_kind": len(all_runs) - len(runs),
+            "hosts": dict(Counter(str(r.get("host", "local")) for r in all_runs)),
+            "warmups": len(c.get("warmup_runs", [])),
+            "retries": len(c.get("retries", [])),
+            "stop_reason": c.get("stop_reason", ""),
+            "summaries": {m: vars(s) | {"ci_width_pct": s.ci_width_pct} for m, s in summaries.items()},
+            "comparisons": comparisons,
+        })
+    for r in rows:
+        r["agreement"] = [_agreement(r, w) for w in extras] if not r["is_baseline"] else []
+    for r in rows:
+        r["on_top_of"] = _on_top_comparisons(r, cands, specs, usable, alpha, min_effect, resamples)
+    regressions = [r["name"] for r in rows if r["comparisons"].get("boot_s", {}).get("verdict") == SLOWER
+                   and r["role"] != "control"]
+    failed = [r["name"] for r in rows if r["status"] not in ("ok", "pending", IDENTICAL)]
+    warnings = _artefact_warnings(rows)
+    return {"baseline": baseline, "rows": rows, "regressions": regressions, "failed": failed,
+            "workloads": extras, "metric_labels": metric_labels(metric_names),
+            "reference_kind": ref_kind, "hosts": results.get("hosts", []), "warnings": warnings,
+            "alpha": alpha, "min_effect_pct": min_effect, "headline": _headline(rows, baseline)}
+
+
+def metric_labels(names: list[str]) -> dict[str, tuple[str, str]]:
+    """(label, unit) for every metric: the flash workload's from METRICS, the others' from their names."""
+    out = dict(METRICS)
+    for m in names:
+        if m not in out:
+            workload, _, metric = m.partition(".")
+            unit = next((u for suffix, u in (("_ms", "ms"), ("_s", "s"), ("_us", "us")) if metric.endswith(suffix)), "")
+            out[m] = (f"{workload}: {metric}", unit)
+    return out
+
+
+def _direction(verdict: str) -> int | None:
+    """+1 worse (slower, more), -1 better, 0 no significant change, None when nothing can be said."""
+    if verdict in (SLOWER, "higher", "more CPU"):
+        return 1
+    if verdict in ("faster", "lower", "less CPU"):
+        return -1
+    if verdict == "no significant change":
+        return 0
+    return None
+
+
+def _agreement(row: dict[str, Any], w: dict[str, Any]) -> dict[str, Any]:
+    """Does the other workload's headline tell the same story as the flash workload's boot time?"""
+    flash = row["comparisons"].get("boot_s", {})
+    other = row["comparisons"].get(w["headline"], {})
+    a, b = _direction(flash.get("verdict", "")), _direction(other.get("verdict", ""))
+    agrees = None if a is None or b is None else a == b
+    if agrees is None:
+        text = "cannot tell (a verdict is inconclusive or missing)"
+    elif agrees:
+        text = "agrees (same direction and verdict)"
+    else:
+        text = (f"disagrees: boot {flash.get('verdict')} {flash.get('change_pct', math.nan):+.0f}%, "
+                f"{w['name']} {other.get('verdict')} {other.get('change_pct', math.nan):+.0f}%")
+    return {"workload": w["name"], "metric": w["headline"], "flash_verdict": flash.get("verdict"),
+            "verdict": other.get("verdict"), "change_pct": other.get("change_pct", math.nan),
+            "p_value": other.get("p_value", math.nan), "agrees": agrees, "text": text}
+
+
+def _on_top_comparisons(row: dict[str, Any], cands: dict[str, Any], specs: dict[str, Any], usable: Any,
+                        alpha: float, min_effect: float, resamples: int) -> list[dict[str, Any]]:
+    """Comparisons with every other candidate this one is built on: same tree and workload, and its changes
+    a part of this one's (the KVM path on top of the regression against the regression: does it undo it?)."""
+    name = row["name"]
+    spec = specs.get(name, {})
+    mine = [(c.get("kind"), c.get("value")) for c in spec.get("changes", [])]
+    out: list[dict[str, Any]] = []
+    if row["status"] != "ok" or not mine:
+        return out
+    for other, ospec in specs.items():
+        theirs = [(c.get("kind"), c.get("value")) for c in ospec.get("changes", [])]
+        if other in (name, row["compare_to"]) or not theirs or len(theirs) >= len(mine):
+            continue
+        if any(t not in mine for t in theirs) or ospec.get("tree") != spec.get("tree") \
+                or ospec.get("workload") != spec.get("workload"):
+            continue
+        ref = cands.get(other, {})
+        if ref.get("status") != "ok":
+            continue
+        runs, ref_runs = usable(cands[name].get("runs", [])), usable(ref.get("runs", []))
+        out.append({"reference": other, **{m: compare(_values(runs, m), _values(ref_runs, m), m, alpha, min_effect,
+                                                      resamples).as_dict() for m in COMPARED}})
+    return out
+
+
+def _artefact_warnings(rows: list[dict[str, Any]]) -> list[str]:
+    """Orderings that point at the test host rather than the kernel: a candidate that polls more (more
+    SRCU-kworker CPU) and yet boots the guest slower than what it is compared with.  On a small nested
+    test host busy polling competes with the vCPUs it waits for, which can invert the expected order."""
+    by_name = {r["name"]: r for r in rows}
+    out = []
+    for r in rows:
+        ref = by_name.get(r["compare_to"])
+        if r["is_baseline"] or not ref or r["status"] != "ok" or ref["status"] != "ok":
+            continue
+        boot = r["comparisons"].get("boot_s", {})
+        kw, ref_kw = r["summaries"]["kworker_cpu_s"]["median"], ref["summaries"]["kworker_cpu_s"]["median"]
+        if boot.get("verdict") == SLOWER and not math.isnan(kw) and not math.isnan(ref_kw) and kw > 1.5 * ref_kw + 0.1:
+            out.append(f"{r['name']} polls more than {ref['name']} (SRCU kworkers {kw:.2f} s against {ref_kw:.2f} s) "
+                       f"and yet boots the guest slower: the polling may be starving what it waits for (a reader "
+                       f"preempted on the kworker's own CPU, or the test host's few vCPUs). Check with more test-host "
+                       f"CPUs before reading this as a property of the kernel.")
+    return out
+
+
+def _headline(rows: list[dict[str, Any]], baseline: str) -> str:
+    parts = []
+    for r in rows:
+        if r["is_baseline"]:
+            continue
+        comp = r["comparisons"].get("boot_s", {})
+        if r["status"] == IDENTICAL:
+            parts.append(f"{r['name']}: binary-identical to {r['compare_to']} (not measured)")
+        elif comp.get("verdict") == FAILED:
+            parts.append(f"{r['name']}: {r['status']}")
+        elif comp.get("verdict") in (None, "too few runs"):
+            parts.append(f"{r['name']}: too few runs")
+        else:
+            cpu = r["comparisons"].get("host_cpu_s", {})
+            vs = "" if r["compare_to"] == baseline else f" vs {r['compare_to']}"
+            parts.append(f"{r['name']}: boot {comp['change_pct']:+.0f}%{vs} ({comp['verdict']}), "
+                         f"host CPU {cpu.get('change_pct', math.nan):+.0f}%")
+    return f"vs {baseline}: " + "; ".join(parts) if parts else f"only the baseline ({baseline}) was measured"
+
+
+def is_number(value: object) -> bool:
+    """A real, non-NaN number (not a bool, None or a template's undefined value)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def fmt_num(value: float, digits: int = 2) -> str:
+    if not is_number(value):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def fmt_p(p: float) -> str:
+    if not is_number(p):
+        return "-"
+    return f"{p:.4f}" if p >= 0.0001 else f"{p:.1e}"

@@ -1,0 +1,2 @@
+"""One value in, one value out: fetch, patch, build (confined), initramfs, boot.
+"""

@@ -1,0 +1,57 @@
+"""kconfig: the kernel's final .config read back and checked against the fragments that asked for it
+(olddefconfig silently drops options whose dependencies are unmet)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pipeline.stages.steps import BuildFailed
+from pipeline.util.gitutil import git
+
+_OPTION_RE = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$|^# (CONFIG_[A-Za-z0-9_]+) is not set$")
+
+class ConfigOptionDropped(BuildFailed):
+    """olddefconfig silently dropped options the fragments asked for."""
+
+def config_differences(base_config: Path, config: Path) -> list[str]:
+    """Options whose value differs between two final .config files, as 'CONFIG_X: old -> new'."""
+    base = parse_config(base_config.read_text())
+    other = parse_config(config.read_text())
+    return [f"{k}: {base.get(k, 'n')} -> {other.get(k, 'n')}"
+            for k in sorted(set(base) | set(other)) if base.get(k, "n") != other.get(k, "n")]
+
+def parse_config(text: str) -> dict[str, str]:
+    """CONFIG_X -> value ('n' for 'is not set')."""
+    out = {}
+    for line in text.splitlines():
+        m = _OPTION_RE.match(line.strip())
+        if m:
+            if m.group(1):
+                out[m.group(1)] = m.group(2)
+            else:
+                out[m.group(3)] = "n"
+    return out
+
+def _unmet_dependency(worktree: Path, option: str) -> str:
+    """The `depends on` lines of an option's Kconfig entry, to explain why it was dropped."""
+    sym = option.removeprefix("CONFIG_")
+    res = git(["grep", "-n", "-A12", f"^config {sym}$", "--", "*Kconfig*"], worktree, check=False)
+    deps = []
+    for line in res.output.splitlines()[1:]:
+        body = line.split("-", 2)[-1].strip() if "-" in line else line
+        if body.startswith(("config ", "menuconfig ", "endmenu", "choice")):
+            break
+        if body.startswith("depends on"):
+            deps.append(body)
+    return "; ".join(deps) or "no 'depends on' found; it may be selected by another option or be a choice"
+
+def check_config(worktree: Path, final: dict[str, str], fragments: tuple[Path, ...]) -> None:
+    """Every option a fragment sets must survive olddefconfig."""
+    dropped = []
+    for frag in fragments:
+        for opt, want in parse_config(frag.read_text()).items():
+            have = final.get(opt, "n")
+            if have != want:
+                dropped.append(f"{opt}={want} (got {have}) from {frag.name}: {_unmet_dependency(worktree, opt)}")
+    if dropped:
+        raise ConfigOptionDropped("kernel config: options dropped by olddefconfig", "\n".join(dropped))

@@ -1,0 +1,240 @@
+"""flash: the flash-boot workload (vmm/flashvmm.c beside this file) inside a booted test host, and its settings.
+
+The VMM is compiled statically once per source hash, copied into the test
+host over SFTP and run over SSH; its JSON is parsed into a `WorkloadResult`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from pipeline.errors import InfraError, PipelineError
+from pipeline.util.proc import run
+from pipeline.util.yamlreader import Reader
+
+SPIN_MODES = ("io", "loop", "cpuid", "fault")
+# Where the VMM's threads run in the test host: flash vCPU and readers on
+# distinct CPUs, all on one CPU (with the SRCU kworker), or wherever the
+# scheduler puts them.
+PLACEMENTS = ("apart", "shared", "free")
+
+
+@dataclass(frozen=True)
+class Workload:
+    cycles: int = 6000
+    static_slots: int = 0
+    spinners: int = 1
+    spin_mode: str = "io"
+    placement: str = "apart"
+    timeout_s: int = 600
+
+
+def load_workload(r: Reader, data: Any, path: str, base: Workload) -> Workload:
+    """Workload settings over `base`; `pin: true|false` is read as placement apart|free."""
+    if isinstance(data, dict) and "pin" in data:
+        data = dict(data)
+        pin = r.typed(data.pop("pin"), f"{path}.pin", bool)
+        if "placement" in data:
+            raise r.error(f"{path}.pin", "give either placement or the older pin, not both")
+        data["placement"] = "apart" if pin else "free"
+    converters: dict[str, Callable[[Any, str], Any]] = {
+        "cycles": lambda v, p: r.typed(v, p, int, lambda x: 1 <= x <= 1000000, "1 to 1000000"),
+        "static_slots": lambda v, p: r.typed(v, p, int, lambda x: 0 <= x <= 32000, "0 to 32000"),
+        "spinners": lambda v, p: r.typed(v, p, int, lambda x: 0 <= x <= 16, "0 to 16"),
+        "spin_mode": lambda v, p: r.typed(v, p, str, lambda x: x in SPIN_MODES, "one of " + ", ".join(SPIN_MODES)),
+        "placement": lambda v, p: r.typed(v, p, str, lambda x: x in PLACEMENTS, "one of " + ", ".join(PLACEMENTS)),
+        "timeout_s": lambda v, p: r.typed(v, p, int, lambda x: 1 <= x <= 86400, "1 to 86400"),
+    }
+    mapping = r.mapping(data, path, (*converters, "pin"))
+    return dataclasses.replace(base, **{k: converters[k](v, f"{path}.{k}") for k, v in mapping.items()})
+
+
+VMM_SOURCE = Path(__file__).parent / "vmm" / "flashvmm.c"
+REMOTE_VMM = "/tmp/flashvmm"
+BUSY_FIELDS = ("user", "nice", "system", "irq", "softirq", "steal")
+
+
+@dataclass(frozen=True)
+class WorkloadResult:
+    """One run of the VMM: its JSON as printed, the metrics derived from it, the command that ran it."""
+
+    raw: dict[str, Any]
+    metrics: dict[str, float]
+    argv: tuple[str, ...] = ()
+
+
+class WorkloadFailed(PipelineError):
+    """The VMM ran but reported a failure (guest check, KVM error, watchdog)."""
+
+    def __init__(self, message: str, output: str, infrastructure: bool = False):
+        self.output = output
+        self.infrastructure = infrastructure
+        super().__init__(f"{message}\n{output[-2000:]}")
+
+
+class HostLink(Protocol):
+    """What a workload needs of a booted test host: run a command (bounded, with a timeout) and upload a file.
+    stages.boot's BootedHost is one; a workload never imports the stage that boots it."""
+
+    def run(self, command: list[str], timeout: float | None = None, max_bytes: int = ...) -> Any: ...
+
+    def put(self, local: str, remote: str, timeout: float = ...) -> None: ...
+
+
+def build_vmm(cache_dir: Path, log_file: Path | None = None) -> Path:
+    """Compile flashvmm statically, cached by the hash of its source."""
+    digest = hashlib.sha256(VMM_SOURCE.read_bytes()).hexdigest()[:16]
+    out = cache_dir / "tools" / f"flashvmm-{digest}"
+    if out.exists():
+        return out
+    if not shutil.which("gcc"):
+        raise InfraError("gcc not found; install it with 'apt-get install build-essential'")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    run(["gcc", "-O2", "-Wall", "-Wextra", "-static", "-pthread", "-o", tmp, VMM_SOURCE], log_file=log_file)
+    tmp.replace(out)
+    return out
+
+
+def vmm_argv(binary: str, w: Workload, cpus: int) -> list[str]:
+    argv = [binary, "--cycles", str(w.cycles), "--static-slots", str(w.static_slots),
+            "--spinners", str(w.spinners), "--spin-mode", w.spin_mode, "--timeout", str(w.timeout_s)]
+    if w.placement == "apart" and cpus >= 2:
+        # Flash vCPU and SRCU-reader vCPUs on distinct test-host CPUs: placement
+        # otherwise moves totals by up to 4x whatever the kernel.
+        argv += ["--flash-cpu", "0", "--spinner-cpu", "1"]
+    elif w.placement == "shared":
+        # Readers on the updater's CPU, as on a busy host: they preempt it and it them.
+        argv += ["--flash-cpu", "0", "--spinner-cpu", "0"]
+    return argv
+
+
+def derive_metrics(raw: dict[str, Any]) -> dict[str, float]:
+    """The figures the report compares, from the VMM's JSON."""
+    clk = float(raw.get("clk_tck") or 100)
+    total = next(c for c in raw["proc_stat_delta"] if c["cpu"] == "all")
+    busy_s = sum(total.get(k, 0) for k in BUSY_FIELDS) / clk
+    idle_s = (total.get("idle", 0) + total.get("iowait", 0)) / clk
+    ru = raw["rusage"]
+    vmm_s = (ru["user_us"] + ru["system_us"]) / 1e6
+    spin_s = sum(s.get("cpu_ns", 0) for s in raw.get("spinners_detail", [])) / 1e9
+    upd = raw["update_ns"]
+    return _grace_period_metrics(raw) | {
+        "boot_s": raw["boot_ns"] / 1e9,
+        "flash_s": raw["flash_ns"] / 1e9,
+        "setup_s": raw["setup_ns"] / 1e9,
+        # Test-host CPU spent on the boot, without the reader vCPUs' own guest
+        # spinning (which only lasts as long as the boot does).
+        "host_cpu_s": max(0.0, busy_s - spin_s),
+        "host_busy_s": busy_s,
+        "host_idle_s": idle_s,
+        "vmm_cpu_s": vmm_s,
+        "flash_thread_cpu_s": raw.get("flash_thread_cpu_ns", 0) / 1e9,
+        "spinner_cpu_s": spin_s,
+        "other_cpu_s": max(0.0, busy_s - vmm_s),  # kworkers (SRCU polling) and the rest
+        "updates": float(raw["updates"]),
+        "update_p50_us": upd["p50"] / 1e3,
+        "update_p90_us": upd["p90"] / 1e3,
+        "update_p99_us": upd["p99"] / 1e3,
+        "update_max_us": upd["max"] / 1e3,
+        "update_sum_s": upd["sum"] / 1e9,
+        "updates_over_2ms": float(upd["over_2ms"]),
+    }
+
+
+def _grace_period_metrics(raw: dict[str, Any]) -> dict[str, float]:
+    """Per-kind latencies, cost per expedited grace period, readers' exits, kworker CPU (VMM version >= 2)."""
+    if "update_delete_ns" not in raw:
+        return {}
+    dele, cre = raw["update_delete_ns"], raw["update_create_ns"]
+    gps = raw.get("gp_per_delete", 2) * dele["n"] + raw.get("gp_per_create", 1) * cre["n"]
+    readers = raw.get("spinners_detail", [])
+    reader_exits = sum(max(0, s.get("kvm_exits", 0)) for s in readers)
+    flash_s = raw["flash_ns"] / 1e9
+    return {
+        "gp_ms": (dele["sum"] + cre["sum"]) / 1e6 / gps if gps else 0.0,
+        "grace_periods": float(gps),
+        "delete_p50_us": dele["p50"] / 1e3,
+        "delete_p99_us": dele["p99"] / 1e3,
+        "create_p50_us": cre["p50"] / 1e3,
+        "create_p99_us": cre["p99"] / 1e3,
+        "delete_mean_ms": dele["sum"] / 1e6 / dele["n"] if dele["n"] else 0.0,
+        "create_mean_ms": cre["sum"] / 1e6 / cre["n"] if cre["n"] else 0.0,
+        "updates_over_jiffy": float(dele["over_jiffy"] + cre["over_jiffy"]),
+        "jiffy_ms": raw["jiffy_ns"] / 1e6,
+        "kworker_cpu_s": raw.get("kworker_cpu_ticks", 0) / float(raw.get("clk_tck") or 100),
+        "reader_exits": float(reader_exits),
+        "reader_exits_per_s": reader_exits / flash_s if flash_s else 0.0,
+    }
+
+
+def histogram(raw: dict[str, Any]) -> dict[str, list[int]]:
+    """The VMM's latency histogram: upper bin edges (us) and counts per kind (the last bin is open)."""
+    if "hist_edges_us" not in raw:
+        return {}
+    return {"edges_us": list(raw["hist_edges_us"]), "delete": list(raw["hist_delete"]),
+            "create": list(raw["hist_create"])}
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a number the VMM prints")
+
+
+def parse_output(stdout: str) -> dict[str, Any]:
+    """Parse the VMM's JSON document; raise WorkloadFailed if there is none.
+
+    The test host runs the candidate's kernel, so this is untrusted input: NaN and Infinity, nesting deep
+    enough to exhaust the parser, numbers too long to convert, a document that is not an object are all
+    the candidate's failure (not retried, and never the pool host's)."""
+    start = stdout.find("{")
+    if start < 0:
+        raise WorkloadFailed("the workload printed no JSON", stdout, infrastructure=True)
+    try:
+        raw = json.loads(stdout[start:], parse_constant=_no_constants)
+    except json.JSONDecodeError as exc:
+        raise WorkloadFailed(f"the workload's JSON is malformed: {exc}", stdout, infrastructure=True) from None
+    except (ValueError, RecursionError, MemoryError) as exc:
+        raise WorkloadFailed(f"the workload's output cannot be read: {type(exc).__name__}: {str(exc)[:200]}",
+                             stdout) from None
+    if not isinstance(raw, dict):
+        raise WorkloadFailed("the workload's JSON is not an object", stdout)
+    return raw
+
+
+def install_vmm(host: HostLink, vmm: Path) -> None:
+    host.put(str(vmm), REMOTE_VMM)
+    res = host.run(["chmod", "755", REMOTE_VMM], timeout=60)
+    if not res.ok:
+        raise InfraError(f"cannot install the VMM in the test host: {res.stderr}")
+
+
+def run_workload(host: HostLink, w: Workload, cpus: int) -> WorkloadResult:
+    """Run one repetition, or raise WorkloadFailed (infrastructure=True when a retry may help)."""
+    argv = vmm_argv(REMOTE_VMM, w, cpus)
+    res = host.run(argv, timeout=w.timeout_s + 60)
+    raw = parse_output(res.stdout)
+    status = raw.get("status")
+    if status == "timeout":
+        # FACTS: a nested TCG vCPU can get stuck; an infrastructure failure, retried.
+        raise WorkloadFailed(f"workload watchdog fired after {raw.get('timeout_s')} s", res.stdout,
+                             infrastructure=True)
+    if status != "ok":
+        why = str(raw.get("failure") or raw.get("error"))[:300]
+        raise WorkloadFailed(f"workload reported {str(status)[:40]}: {why}", res.stdout + res.stderr,
+                             infrastructure=status == "guest-failed")
+    try:
+        metrics = derive_metrics(raw)
+    except Exception as exc:  # noqa: BLE001 - any shape of hostile output is the candidate's failure
+        raise WorkloadFailed(f"the workload's output cannot be read as metrics: {type(exc).__name__}: "
+                             f"{str(exc)[:200]}", res.stdout) from None
+    bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+    if bad:
+        raise WorkloadFailed(f"the workload's output gives non-finite values for {', '.join(bad[:5])}", res.stdout)
+    return WorkloadResult(raw, metrics, tuple(argv))

@@ -1,0 +1,84 @@
+"""The layout as contracts: the import floors (.importlinter, checked by lint-imports), no import cycle
+even through function-level imports, no private name imported from another module, modules small."""
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parent.parent / "pipeline"
+MAX_LINES = 400
+
+
+def _modules() -> dict[str, ast.Module]:
+    out = {}
+    for f in PKG.rglob("*.py"):
+        rel = f.relative_to(PKG.parent).with_suffix("")
+        name = ".".join(p for p in rel.parts if p != "__init__")
+        out[name] = ast.parse(f.read_text(), str(f))
+    return out
+
+
+def _imports(name: str, tree: ast.Module) -> list[tuple[str, str, int]]:
+    """(imported module, imported name, line) for every pipeline import, wherever it sits."""
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module.startswith("pipeline"):
+            out += [(node.module, a.name, node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            pytest.fail(f"{name}:{node.lineno}: relative import; the house imports absolutely")
+        elif isinstance(node, ast.Import):
+            out += [(a.name, "", node.lineno) for a in node.names if a.name.startswith("pipeline")]
+    return out
+
+
+def test_the_import_contracts_hold() -> None:
+    exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or shutil.which("lint-imports")
+    if exe is None:
+        pytest.fail("lint-imports (import-linter) is not installed: ./setup.sh --test")
+    res = subprocess.run([exe, "--no-cache"], cwd=PKG.parent, capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    assert "broken" in res.stdout and " 0 broken" in res.stdout
+
+
+def test_no_import_cycle_counting_function_level_imports() -> None:
+    mods = _modules()
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for name, tree in mods.items():
+        for mod, imported, _ in _imports(name, tree):
+            target = f"{mod}.{imported}" if f"{mod}.{imported}" in mods else mod
+            if target in mods and target != name:
+                graph[name].add(target)
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                pytest.fail("import cycle: " + " -> ".join(stack[stack.index(n):] + [n]))
+            if n not in state:
+                visit(n)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+
+
+def test_no_private_name_is_imported_from_another_module() -> None:
+    bad = [f"{name}:{line}: {mod}.{imported}" for name, tree in _modules().items()
+           for mod, imported, line in _imports(name, tree) if imported.startswith("_") and imported != "__version__"]
+    assert not bad, bad
+
+
+def test_modules_stay_small() -> None:
+    big = {str(f.relative_to(PKG.parent)): n for f in PKG.rglob("*.py")
+           if (n := len(f.read_text().splitlines())) > MAX_LINES}
+    assert not big, f"split these (over {MAX_LINES} lines): {big}"
