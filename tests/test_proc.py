@@ -71,3 +71,28 @@ def test_a_confined_build_dies_with_a_killed_pipeline(tmp_path: Path) -> None:
     while running() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not running(), "a confined process outlived the pipeline"
+
+
+def test_a_long_step_is_never_silent_and_counts_against_the_last_clean_build() -> None:
+    """Progress while building: a line every interval, with the steps compiled of the expected total."""
+    import io
+    import time
+
+    from pipeline.util.progress import BuildCounter, Progress
+
+    out = io.StringIO()
+    progress = Progress(stream=out)
+    counter = BuildCounter(expected=200, expected_s=60)
+    with progress.heartbeat("build", "cand", "compiling", every_s=0.2, detail=counter.detail):
+        for i in range(50):
+            counter.line(f"  CC      kernel/f{i}.o\n")
+            counter.line("make[2]: Entering directory\n")  # not a step
+        time.sleep(0.7)
+    lines = [x for x in out.getvalue().splitlines() if "compiling" in x]
+    assert len(lines) >= 2
+    assert "50 of about 200 steps (25%)" in lines[-1] and "ETA" in lines[-1]
+    assert BuildCounter().detail() == "0 steps so far"
+    quiet = io.StringIO()
+    with Progress(stream=quiet, quiet=True).heartbeat("build", "c", "x", every_s=0.05):
+        time.sleep(0.2)
+    assert quiet.getvalue() == ""

@@ -84,7 +84,8 @@ class Measurer:
             tag = f"r{round_idx:02d}-a{attempt}"
             t0 = time.monotonic()
             try:
-                run = self._boot_and_run(prep, initramfs, vmm, pool_host, kind, round_idx, attempt, tag)
+                with self.progress.heartbeat("run", name, f"{kind} #{round_idx}{where} running"):
+                    run = self._boot_and_run(prep, initramfs, vmm, pool_host, kind, round_idx, attempt, tag)
                 self.folder.add_run(name, run)
                 m = run.metrics
                 self.progress.step_done(time.monotonic() - t0)

@@ -101,8 +101,9 @@ class Preparer:
             fetched = self.trees.get(cand.tree)
             if fetched is None:
                 self.progress.say("fetch", name, f"tree {cand.tree}")
-                fetched = fetch_tree(self.cfg.trees[cand.tree], self.cfg.cache_dir,
-                                     self.folder.log_path("_trees", f"{cand.tree}.log"))
+                with self.progress.heartbeat("fetch", name, f"fetching or importing tree {cand.tree}"):
+                    fetched = fetch_tree(self.cfg.trees[cand.tree], self.cfg.cache_dir,
+                                         self.folder.log_path("_trees", f"{cand.tree}.log"))
                 self.trees[cand.tree] = fetched
                 self.progress.say("fetch", name, f"tree {cand.tree} at {fetched.commit[:12]} "
                                   f"({'reused' if fetched.reused else 'imported'} in {fetched.seconds:.1f} s)")
@@ -130,7 +131,8 @@ class Preparer:
         self.progress.say("build", name, "building kernel (cached by content)")
         try:
             prep.artifacts = build_kernel(prep.patched, self.cfg.kernel, self.cfg.kernel.fragments,
-                                          self.cfg.cache_dir, build_log, self.distcc)
+                                          self.cfg.cache_dir, build_log, self.distcc, progress=self.progress,
+                                          label=name)
         except BuildFailed as exc:
             self.fail(prep, "build", exc.status, str(exc).splitlines()[0], exc.excerpt,
                        {"log": self.folder.relative(build_log)})
@@ -168,8 +170,9 @@ class Preparer:
         for w in self.cfg.workloads:
             if w.kind == "kvm-selftest":
                 self.progress.say("build", prep.candidate.name, f"workload {w.name}: {w.test} from this tree")
-                files[w.name], cached = build_selftest(w, prep.patched, self.cfg.kernel, self.cfg.kernel.fragments,
-                                                       self.cfg.cache_dir, log_file)
+                with self.progress.heartbeat("build", prep.candidate.name, f"building {w.test}"):
+                    files[w.name], cached = build_selftest(w, prep.patched, self.cfg.kernel,
+                                                           self.cfg.kernel.fragments, self.cfg.cache_dir, log_file)
                 self.progress.say("build", prep.candidate.name,
                                   f"workload {w.name}: {'cached' if cached else 'built'} {files[w.name].name}")
             else:

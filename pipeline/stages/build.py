@@ -36,6 +36,7 @@ anything outside it, nor by another candidate's build:
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -59,6 +60,7 @@ from pipeline.stages.slots import BUILD_LAYOUT_VERSION, checkout_slot, place_bui
 from pipeline.stages.steps import BuildFailed, error_lines, run_step
 from pipeline.util.gitutil import git
 from pipeline.util.proc import CommandResult, run
+from pipeline.util.progress import BuildCounter, Progress
 from pipeline.util.safefs import UnsafeArtifact, copy_regular, read_regular_text, remove_tree
 
 log = logging.getLogger(__name__)
@@ -152,7 +154,8 @@ def cached_artifacts(cache_dir: Path, key: str) -> BuildArtifacts | None:
 
 def build_kernel(patched: PatchedTree, kernel: KernelConfig, base_fragments: tuple[Path, ...],
                  cache_dir: Path, log_file: Path, distcc_hosts: tuple[str, ...] = (), *,
-                 sandbox: bool | None = None, reuse: bool = True, clean: bool = False) -> BuildArtifacts:
+                 sandbox: bool | None = None, reuse: bool = True, clean: bool = False,
+                 progress: Progress | None = None, label: str = "") -> BuildArtifacts:
     """Build (or reuse) the kernel for a patched tree. Raises BuildFailed with the error lines.
 
     distcc_hosts ("HOST:PORT/JOBS") spread compiles over the pool; they do not
@@ -160,6 +163,8 @@ def build_kernel(patched: PatchedTree, kernel: KernelConfig, base_fragments: tup
     `sandbox` defaults to kernel.sandbox; distcc needs the network, so it is
     used only for unconfined builds. `reuse=False` builds even when the
     artifacts are cached; `clean=True` starts from an empty build directory.
+    `progress` gets a line every 10 s while make runs (steps compiled, of the total a build of this
+    config from an empty directory took, with an ETA), labelled `label`.
     """
     confined = kernel.sandbox if sandbox is None else sandbox
     fragments = base_fragments + patched.config_fragments
@@ -187,10 +192,14 @@ def build_kernel(patched: PatchedTree, kernel: KernelConfig, base_fragments: tup
 
     late = f"kernel build still running after kernel.build_timeout_s = {kernel.build_timeout_s} s; stopped"
 
-    def step(argv: list[str], logf: IO[str]) -> CommandResult:
-        return run_step(argv, box, env, wt, logf, deadline, late)
+    counter = BuildCounter(*_expected_steps(slot, place.in_place))
 
-    with open(log_file, "a", encoding="utf-8") as logf:
+    def step(argv: list[str], logf: IO[str]) -> CommandResult:
+        return run_step(argv, box, env, wt, logf, deadline, late, counter.line)
+
+    beat = progress.heartbeat("build", label, "compiling" + (" in place" if place.in_place else ""),
+                              detail=counter.detail) if progress else contextlib.nullcontext()
+    with beat, open(log_file, "a", encoding="utf-8") as logf:
         if box:
             who = "user " + BUILD_USER if os.geteuid() == 0 else "this user"
             logf.write(f"# confined: bubblewrap, no network, only the toolchain and this tree visible, as {who}; "
@@ -217,6 +226,8 @@ def build_kernel(patched: PatchedTree, kernel: KernelConfig, base_fragments: tup
         if not re.fullmatch(r"[A-Za-z0-9._+~-]{1,64}", release):
             raise BuildFailed("make kernelrelease printed no kernel release", res.tail(5))
     seconds = time.monotonic() - start
+    if not place.in_place:  # what the next build of this config from an empty directory will take
+        (slot / "clean-build.json").write_text(json.dumps({"steps": counter.count, "seconds": round(seconds, 1)}))
     out = cache_dir / "builds" / key[:20]
     tmp = out.with_name(out.name + ".tmp")
     remove_tree(tmp)
@@ -238,6 +249,18 @@ def build_kernel(patched: PatchedTree, kernel: KernelConfig, base_fragments: tup
     os.replace(tmp, out)
     return BuildArtifacts(key, out, out / "bzImage", out / "config", out / "System.map", release, seconds,
                           warnings, False, out / "build.log", digest, bool(box), place.in_place)
+
+def _expected_steps(slot: Path, in_place: bool) -> tuple[int, float]:
+    """(steps, seconds) of the last build of this slot's config from an empty directory; (0, 0) when
+    unknown, or for an in-place build (which compiles only what changed)."""
+    if in_place:
+        return 0, 0.0
+    try:
+        data = json.loads((slot / "clean-build.json").read_text())
+        return int(data["steps"]), float(data["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0, 0.0
+
 
 def _artifact_text(bdir: Path, rel: str) -> str:
     try:

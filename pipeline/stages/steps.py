@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -38,7 +39,7 @@ _INFRA_RE = re.compile(r"(No space left on device|Disk quota exceeded|Killed sig
 LOW_DISK_BYTES = 512 * 1024**2
 
 def run_step(argv: list[str], box: Sandbox | None, env: dict[str, str], wt: Path, logf: IO[str], deadline: float,
-              late: str) -> CommandResult:
+             late: str, on_line: Callable[[str], None] | None = None) -> CommandResult:
     """One build step, confined when `box` is given, within what is left before `deadline`; running past
     it is BuildFailed with status build-timeout and the message `late`. A step that failed because the
     machine did (disk full, memory exhausted, compilers killed) raises BuildInfraFailed instead."""
@@ -47,7 +48,7 @@ def run_step(argv: list[str], box: Sandbox | None, env: dict[str, str], wt: Path
         if left <= 0:
             raise CommandTimeout(CommandResult(argv, -9, ""), 0)
         res = run(box.wrap(argv, env) if box else argv, cwd=wt, env=None if box else env, log_file=logf,
-                  check=False, timeout=left, keep_lines=5000)
+                  check=False, timeout=left, keep_lines=5000, on_line=on_line)
     except CommandTimeout as exc:
         raise BuildFailed(late, exc.result.tail(20), "build-timeout") from None
     if res.returncode != 0:

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import threading
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -58,7 +58,7 @@ def run(argv: Sequence[str | os.PathLike], *, cwd: str | Path | None = None,
         env: Mapping[str, str] | None = None, log_file: Path | IO[str] | None = None,
         check: bool = True, timeout: float | None = DEFAULT_TIMEOUT_S, input_text: str | None = None,
         stdin_file: Path | None = None, keep_lines: int = KEEP_LINES,
-        log_limit: int = LOG_LIMIT_BYTES) -> CommandResult:
+        log_limit: int = LOG_LIMIT_BYTES, on_line: Callable[[str], None] | None = None) -> CommandResult:
     """Run argv (never through a shell), stream its output to log_file, return the result.
 
     stdin is closed unless input_text (or stdin_file, read as bytes) is given; env entries are added
@@ -104,6 +104,8 @@ def run(argv: Sequence[str | os.PathLike], *, cwd: str | Path | None = None,
                 counts["lines"] += 1
                 if "warning:" in line:
                     counts["warnings"] += 1
+                if on_line is not None:
+                    on_line(line)
                 if sink and counts["logged"] < log_limit:
                     counts["logged"] += len(line)
                     sink.write(line)

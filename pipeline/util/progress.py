@@ -4,6 +4,8 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TextIO
 
 from pipeline.util.untrusted import one_line
@@ -46,3 +48,58 @@ class Progress:
         with self._lock:
             self.done_steps += 1
             self._step_times.append(seconds)
+
+    @contextmanager
+    def heartbeat(self, stage: str, candidate: str, what: str, every_s: float = 10.0,
+                  detail: Callable[[], str] | None = None) -> Iterator[None]:
+        """While the body runs, a line every `every_s` seconds saying it still runs (and `detail()`, e.g.
+        objects compiled out of the expected total): never silent while a long step works."""
+        done = threading.Event()
+        start = time.monotonic()
+
+        def beat() -> None:
+            while not done.wait(every_s):
+                extra = ""
+                if detail is not None:
+                    try:
+                        extra = detail()
+                    except Exception:  # noqa: BLE001 - a progress line must never break the step
+                        extra = ""
+                line = f"{what}: {_fmt(time.monotonic() - start)}" + (f", {extra}" if extra else "")
+                self.say(stage, candidate, line)
+
+        thread = threading.Thread(target=beat, daemon=True)
+        if not self.quiet:
+            thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            if thread.is_alive():
+                thread.join(1)
+
+
+class BuildCounter:
+    """Counts what kbuild prints as it compiles ("  CC      kernel/rcu/srcutree.o"), against the total a
+    previous build of the same config from an empty directory compiled, for progress lines with an ETA."""
+
+    _WORDS = ("CC", "AS", "LD", "AR", "HOSTCC", "HOSTLD", "OBJCOPY", "GEN", "CPP", "SYSHDR", "SYSTBL",
+              "WRAP", "UPD", "MKELF", "ZOFFSET", "VOFFSET", "RELOCS", "BUILD", "XZKERN", "GZIP", "LDS")
+
+    def __init__(self, expected: int = 0, expected_s: float = 0.0):
+        self.expected, self.expected_s = expected, expected_s
+        self.count = 0
+        self.start = time.monotonic()
+
+    def line(self, text: str) -> None:
+        word = text.split(None, 1)[0] if text[:2] == "  " and text.strip() else ""
+        if word in self._WORDS:
+            self.count += 1
+
+    def detail(self) -> str:
+        if self.expected <= 0 or self.count > self.expected * 1.2:
+            return f"{self.count} steps so far"
+        frac = min(1.0, self.count / self.expected)
+        elapsed = time.monotonic() - self.start
+        eta = elapsed * (1 - frac) / frac if frac > 0.02 else max(0.0, self.expected_s - elapsed)
+        return f"{self.count} of about {self.expected} steps ({100 * frac:.0f}%), ETA {_fmt(eta)}"
