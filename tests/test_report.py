@@ -198,3 +198,20 @@ def test_every_committed_report_re_renders_byte_identical(tmp_path: Path) -> Non
         out = write_report(run, tmp_path)
         for name in ("index.html", "summary.txt", "summary.json"):
             assert (out / name).read_bytes() == (run / name).read_bytes(), f"{run.name}/{name} renders differently"
+
+
+def test_published_documents_carry_no_local_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.report.publish import publishable
+
+    monkeypatch.setenv("KPIPE_CACHE_DIR", "/srv/ci/kpipe-cache")
+    run = tmp_path / "runs" / "20260101-000000-abcd"
+    doc = {"build": {"dir": "/srv/ci/kpipe-cache/builds/0a1b", "log": f"{run}/logs/x/build.log"},
+           "origin": "/usr/src/linux-source-6.1.tar.xz", "msg": "cannot open /home/alice/secret/key.pem: denied",
+           "url": "https://example.org/a/b", "list": [f"{Path.home()}/.ssh/id"], "plain": "no path here"}
+    out = publishable(doc, run)
+    text = json.dumps(out)
+    assert "/srv/ci" not in text and "/home/alice" not in text and str(Path.home()) + "/" not in text
+    assert out["build"]["dir"] == "<cache>/builds/0a1b" and out["build"]["log"] == "<run>/logs/x/build.log"
+    assert out["origin"] == "/usr/src/linux-source-6.1.tar.xz" and out["url"] == "https://example.org/a/b"
+    assert out["msg"] == "cannot open <local>/key.pem: denied" and out["plain"] == "no path here"
+    assert publishable(out, run) == out  # publishing twice changes nothing

@@ -13,8 +13,9 @@ from typing import Any
 import jinja2
 
 from pipeline.errors import UserError
-from pipeline.records.results import read_results, write_text_atomic
+from pipeline.records.results import read_results, write_json_atomic, write_text_atomic
 from pipeline.report.analysis import METRICS, analyze, fmt_num, fmt_p, is_number
+from pipeline.report.publish import publishable
 
 TEMPLATES = Path(__file__).parent / "templates"
 WIDTH = 72
@@ -252,9 +253,11 @@ def write_report(run_dir: Path, reports_dir: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     if out.resolve() != run_dir.resolve():  # rendering a published report in place copies nothing onto itself
         _copy_logs(run_dir, out)
-        shutil.copyfile(run_dir / "results.json", out / "results.json")
+        # What others read carries no local path (the run folder keeps them).
+        results, metadata = publishable(results, run_dir), publishable(metadata, run_dir)
+        write_json_atomic(out / "results.json", results)
         if (run_dir / "metadata.json").exists():
-            shutil.copyfile(run_dir / "metadata.json", out / "metadata.json")
+            write_json_atomic(out / "metadata.json", metadata)
     # Each file replaced whole: a reader (another run's write_index, a web server) never sees a torn one.
     write_text_atomic(out / "summary.txt", render_text(results, metadata, a))
     write_text_atomic(out / "summary.json", render_json(results, metadata, a))
