@@ -5,6 +5,7 @@ import dataclasses
 import email
 import email.policy
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -181,7 +182,22 @@ def test_triage_of_the_regression_patch_and_of_a_patch_that_does_not_apply(built
     reply = email.message_from_bytes((report / "reply.eml").read_bytes(), policy=email.policy.default)
     assert reply["In-Reply-To"] == "<regression-1@example.org>"
     assert reply["Subject"].startswith("Re: [PATCH] srcu: bring back")
-    assert "regresses the guest boot time" in reply.get_content()
+    body = reply.get_content()
+    assert "regresses the guest boot time" in body
+    # What 0-day's reports give: the machine, the table, the tags, an archive and a bundle that are there.
+    assert "Machine:   " in body and "threads" in body and "flash cycles" in body
+    assert "%change" in body and "guest boot s" in body
+    assert "| Reported-by: " in body and "| Closes: https://lore.kernel.org/r/regression-1@example.org" in body
+    assert (report / "reproduce.tar.gz").is_file() and (report / "tested-commits.bundle").is_file()
+    assert "reproduce.tar.gz" in body and "tested-commits.bundle" in body
+    verify = subprocess.run(["git", "bundle", "list-heads", str(report / "tested-commits.bundle")],
+                            capture_output=True, text=True, check=False)
+    assert verify.returncode == 0 and "refs/kpipe/triage/" in verify.stdout
+    long = [x for x in body.splitlines() if len(x) > 72 and not x.startswith((">", "    ")) and "://" not in x
+            and "reports/" not in x]
+    assert not long, long
+    published = (report / "results.json").read_text() + (report / "metadata.json").read_text()
+    assert str(e2e_cache) not in published and str(Path.home()) + "/" not in published
 
     conflicting = posted.replace("-#define SRCU_INTERVAL", "-#define SRCU_INTERVAL_NOT_THERE").replace(
         "<regression-1@", "<conflict-1@")
@@ -329,3 +345,38 @@ def test_a_hostile_makefile_series_gets_a_reply_with_no_file_no_trailer_and_no_e
         assert b"root:x:0:0" not in blob and b"\x1b" not in blob and b"\x07" not in blob
     for line in body.splitlines():
         assert not line.startswith(("Reviewed-by:", "Tested-by:", "Link:")), line
+
+
+def test_reply_parts_a_maintainer_acts_on(tmp_path: Path) -> None:
+    """The 0-day-style parts, on a committed run: machine and workload lines, the LKP-style table, the tags
+    of a regression, and an archive whose pipeline.yaml loads: all within 72 columns."""
+    import tarfile
+
+    from pipeline.config import load_config
+    from pipeline.flows.reproduce import fix_tags, lkp_table, machine_lines, workload_lines, write_archive
+
+    run = REPO / "reports" / "20261127-053509-d16e"
+    results = json.loads((run / "results.json").read_text())
+    metadata = json.loads((run / "metadata.json").read_text())
+    metadata["machine"] = {"cpu_model": "AMD EPYC 7B13", "cpus": "2", "mem_kb": str(24 * 1024**2),
+                           "kernel": "6.1.0-28-amd64"}
+    table = lkp_table(results, "baseline", "regression-282d8998")
+    lines = machine_lines(metadata) + workload_lines(metadata, results) + table.splitlines()
+    assert all(len(x) <= 72 for x in lines), [x for x in lines if len(x) > 72]
+    assert lines[0] == "Machine:   AMD EPYC 7B13, 2 threads, 24 GiB RAM"
+    assert "3100 flash cycles" in " ".join(lines) and "placement apart" in " ".join(lines)
+    boot = next(x for x in table.splitlines() if x.endswith("guest boot s"))
+    assert "+1669.1%" in boot and "149.2" in boot  # 149.18 s against 8.43 s, the committed medians
+    tags = fix_tags("kpipe CI <ci@example.org>", "<m-1@example.org>")
+    assert "| Reported-by: kpipe CI <ci@example.org>" in tags
+    assert "| Closes: https://lore.kernel.org/r/m-1@example.org" in tags
+    cfg = load_config(REPO / "pipeline.yaml")
+    patch = REPO / "patches" / "0001-srcu-v5.19-rc1-expedited-policy-regression.patch"
+    archive = write_archive(cfg, results, [patch], "regression-282d8998", run, tmp_path / "reproduce.tar.gz")
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path, filter="data")
+    assert (tmp_path / "reproduce" / "patches" / patch.name).read_bytes() == patch.read_bytes()
+    assert "kpipe run -c reproduce/pipeline.yaml" in (tmp_path / "reproduce" / "README").read_text()
+    again = load_config(tmp_path / "reproduce" / "pipeline.yaml")
+    assert [c.name for c in again.candidates] == ["baseline", "regression-282d8998"]
+    assert again.workload == cfg.workload and again.repetitions.counted == cfg.repetitions.counted

@@ -229,7 +229,7 @@ def _wrap(text: str) -> str:
 
 def write_reply(series: Series, summary: str, first_paragraph: str, report_link: str, dest: Path,
                 reproduce: str = "", run_id: str = "", sender_setting: str = "",
-                passed: bool = False) -> tuple[Path, list[str]]:
+                passed: bool = False, details: str = "", tags: str = "") -> tuple[Path, list[str]]:
     """reply.eml, threaded under the series (In-Reply-To/References), LF line endings, 72 columns; never
     sent.  `passed`: the series was measured and found no regression, so a Tested-by: trailer is added.
     Returns the file and the warnings the user should see before sending it."""
@@ -261,11 +261,15 @@ def write_reply(series: Series, summary: str, first_paragraph: str, report_link:
     name = email.utils.parseaddr(series.sender)[0] or email.utils.parseaddr(series.sender)[1]
     quote = f"On {series.date}, {name} wrote:" if series.date and name else (f"{name} wrote:" if name else "")
     body = (f"{quote}\n> {series.subject}\n\n" if quote else "") + _wrap(first_paragraph) + "\n\n"
+    if details:
+        body += details.rstrip("\n") + "\n\n"
     body += summary.rstrip("\n") + "\n"
     if report_link not in summary:
         body += f"\nReport: {report_link}\n"
     if reproduce:
         body += "\n" + reproduce.rstrip("\n") + "\n"
+    if tags:
+        body += "\n" + tags.rstrip("\n") + "\n"
     ours = (f"Tested-by: {sender}",) if passed else ()
     if passed:
         body += f"\nTested-by: {sender}\n"

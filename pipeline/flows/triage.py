@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline import __version__
 from pipeline.config import Candidate, Change, Config, Tree
 from pipeline.errors import UserError
-from pipeline.flows.mail import Series, parse_series, resolve_source, write_reply
+from pipeline.flows.mail import WIDTH, Series, parse_series, reply_sender, resolve_source, write_reply
+from pipeline.flows.reproduce import fix_tags, lkp_table, machine_lines, workload_lines, write_archive, write_bundle
 from pipeline.stages.fetch import object_store
 from pipeline.util.gitutil import git
 from pipeline.util.untrusted import one_line, quote_block
@@ -121,6 +123,7 @@ def bisect_series(cfg: Config, results: dict[str, Any], cand: str, series: Serie
     return (f"A bisection over the series ({len(r.steps)} steps) names patch {patch.number} as the first that "
             f"regresses: \"{patch.subject}\" ({r.first_bad[:12]}); bisection report: {out / 'index.html'}.")
 
+
 def run_triage(cfg: Config, source: str, progress: Any = None, bisect: bool = False) -> TriageResult:
     """Evaluate a posted series against the baseline: parse it, run both, render the report and the reply.
     With `bisect`, a series of several patches that regresses is bisected to the patch that does it."""
@@ -153,26 +156,55 @@ def run_triage(cfg: Config, source: str, progress: Any = None, bisect: bool = Fa
         if found:
             first += "\n\n" + found
     link = report_url(cfg.report.base_url, folder.run_id)
+    folder_link = link.rsplit("/", 1)[0] if "/" in link else str(out)
     passed = results["candidates"][cand].get("status") == "ok" and cand not in a["regressions"]
+    regressed = cand in a["regressions"]
+    base_commit, commits = series_commits(results, cand)
+    store = object_store(cfg.cache_dir)
+    bundle = write_bundle(store, base_commit, commits[-1] if commits else "", folder.run_id,
+                          out / "tested-commits.bundle") if commits else None
+    archive = write_archive(tcfg, results, [p.path for p in series.patches], cand, folder.path,
+                            out / "reproduce.tar.gz")
+    details = "\n".join(machine_lines(metadata) + workload_lines(metadata, results))
+    if results["candidates"][cand].get("runs") and results["candidates"][tcfg.baseline].get("runs"):
+        details += "\n\n" + lkp_table(results, tcfg.baseline, cand)
+    sender, _ = reply_sender(cfg.report.reply_from)
+    tags = fix_tags(sender, series.message_id) if regressed else ""
     reply, warnings = write_reply(series, render_text(results, metadata, a), first, link, out / "reply.eml",
-                                  reproduction(results, cand, series), folder.run_id, cfg.report.reply_from,
-                                  passed)
+                                  reproduction(results, cand, series, folder_link, archive, bundle, folder.run_id),
+                                  folder.run_id, cfg.report.reply_from, passed, details=details, tags=tags)
     write_report(folder.path, cfg.report.dir)  # after the reply, so the page links it
     return TriageResult(first, out, reply, a, tuple(warnings))
 
-def reproduction(results: dict[str, Any], cand: str, series: Series) -> str:
-    """How to get the same kernels: trees, commits, kernel release, and the command."""
-    lines = ["To reproduce:"]
-    for name in (results.get("baseline", ""), cand):
+def reproduction(results: dict[str, Any], cand: str, series: Series, folder_link: str = "",
+                 archive: Path | None = None, bundle: Path | None = None, run_id: str = "") -> str:
+    """How to get the same kernels and the same run: the archive and its command, the bundle of the
+    tested commits, the trees and commits (within 72 columns)."""
+    where = folder_link.rstrip("/")
+    lines = [f"To reproduce (kpipe {__version__}):"]
+    if archive is not None:
+        lines += [f"  {where}/{archive.name}", f"  tar xzf {archive.name} && kpipe run -c reproduce/pipeline.yaml"]
+    lines.append("")
+    lines.append("Tested commits:")
+    imported = False
+    for name, label in ((results.get("baseline", ""), "base"), (cand, "series")):
         st = results.get("candidates", {}).get(name, {}).get("stages", {})
         fetch, patch, build = st.get("fetch", {}), st.get("patch", {}), st.get("build", {})
         if not fetch:
             continue
-        commit = patch.get("commit") or fetch.get("commit", "")
-        lines.append(f"  {name[:40]}: {fetch.get('origin', '?')} at {str(fetch.get('commit', ''))[:12]}"
-                     + (f", patched to {str(commit)[:12]}" if commit != fetch.get("commit") else "")
-                     + (f", kernel {build['kernel_release']}" if build.get("kernel_release") else ""))
-    lines.append("  .config and every log: in the report")
+        commit = str(patch.get("commit") or fetch.get("commit", ""))
+        origin = str(fetch.get("origin", "?"))
+        text = f"  {label + ':':<8}{commit[:12]}" + (f", kernel {build['kernel_release']}"
+                                                     if build.get("kernel_release") else "")
+        if commit == fetch.get("commit"):
+            imported = imported or origin.startswith("/")
+            text += f", {Path(origin).name if origin.startswith('/') else origin}"
+        lines.append(text[:WIDTH])
+    if bundle is not None:
+        lines += ["  git fetch the bundle (its prerequisite is the base commit):", f"  {where}/{bundle.name}",
+                  f"  refs/kpipe/triage/{run_id}"]
+    if imported:
+        lines.append("  (kpipe imports a tarball deterministically: same tarball, same commit)")
     n = len(series.patches)
-    lines.append(f"  kpipe triage <the {n} message{'s' if n != 1 else ''} as an mbox>")
+    lines.append(f"  {n} patch{'es' if n != 1 else ''} on the base, in the bundle and the archive")
     return "\n".join(lines)

@@ -5,11 +5,13 @@ import os
 import platform
 import shutil
 import socket
+import tempfile
 from typing import Any
 
 from pipeline import __version__
 from pipeline.config import Config
 from pipeline.machines.accel import Accelerator
+from pipeline.machines.probe import local_probe
 from pipeline.stages.build import compiler_version
 from pipeline.stages.fetch import FetchedTree, sha256_file
 from pipeline.util.proc import run as run_cmd
@@ -24,6 +26,7 @@ def collect_metadata(cfg: Config, accel: Accelerator, trees: dict[str, FetchedTr
         "config": str(cfg.source),
         "host": {"hostname": socket.gethostname(), "platform": platform.platform(),
                  "python": platform.python_version(), "cpus": os.cpu_count() or 1, "machine": platform.machine()},
+        "machine": _machine(),
         "compiler": compiler_version(),
         "qemu": qemu_version,
         "accelerator": {"name": accel.name, "args": accel.args, "reason": accel.reason},
@@ -35,6 +38,12 @@ def collect_metadata(cfg: Config, accel: Accelerator, trees: dict[str, FetchedTr
         "trees": {n: {"origin": t.origin, "commit": t.commit} for n, t in trees.items()},
         "inputs": input_hashes(cfg),
     }
+
+
+def _machine() -> dict[str, str]:
+    """The physical machine the test hosts ran on (this one): CPU model, threads, memory, kernel."""
+    facts = local_probe(tempfile.gettempdir())
+    return {k: facts.get(k, "") for k in ("cpu_model", "cpus", "mem_kb", "kernel", "machine")}
 
 
 def input_hashes(cfg: Config) -> dict[str, str]:
