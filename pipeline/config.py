@@ -93,6 +93,9 @@ class Repetitions:
     max_counted: int = 5
     target_ci_pct: float = 0.0  # 0: no adaptive repetitions
     retries: int = 2
+    # A run during which other processes on this machine used more than this many CPUs (averaged over the
+    # run) was disturbed: an infrastructure fault, retried and listed with the load. 0: never.
+    max_foreign_cpus: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -199,9 +202,11 @@ def load_config(path: str | Path, hosts_file: str | Path | None = None) -> Confi
         "max_counted": lambda v, p: r.typed(v, p, int, lambda x: 1 <= x <= 1000, "1 to 1000"),
         "target_ci_pct": lambda v, p: r.typed(v, p, float, lambda x: 0 <= x <= 1000, "0 to 1000"),
         "retries": lambda v, p: r.typed(v, p, int, lambda x: 0 <= x <= 10, "0 to 10"),
+        "max_foreign_cpus": lambda v, p: r.typed(v, p, float, lambda x: 0 <= x <= 1024,
+                                                 "0 (never) to 1024 CPUs"),
     })
     if reps.max_counted < reps.counted:
-        reps = Repetitions(reps.warmup, reps.counted, reps.counted, reps.target_ci_pct, reps.retries)
+        reps = dataclasses.replace(reps, max_counted=reps.counted)
     report = r.settings(data.get("report"), "report", ReportSettings, {
         "dir": lambda v, p: (root / r.typed(v, p, str)).resolve(),
         "base_url": lambda v, p: r.typed(v, p, str),

@@ -225,3 +225,51 @@ def test_other_workloads_run_in_each_repetition_and_their_failure_is_the_candida
     assert a["runs"][0]["raw"]["workloads"]["stress"] == {"exit_status": 0}
     assert failures == ["b:run:workload-failed"]  # not retried: the selftest failing is the kernel's answer
     assert "Test Assertion Failure" in folder.candidate("b")["stages"]["run"]["excerpt"]
+
+
+def test_the_foreign_load_estimator_against_a_known_duty_cycle(tmp_path: Path) -> None:
+    """A control with a known answer: a process that burns one CPU for the whole window is about 1.0
+    foreign CPU; the run's own process burning is not foreign at all."""
+    import subprocess
+    import sys
+    import time
+
+    from pipeline.machines.load import foreign_load, sample
+
+    burn = [sys.executable, "-c", "import time\nt = time.monotonic() + 2.0\nwhile time.monotonic() < t: pass"]
+    quiet = sample(())
+    time.sleep(1.0)
+    background = foreign_load(quiet, sample(())).foreign_cpus
+    if background > 0.3:
+        pytest.skip(f"this machine is busy ({background:.2f} CPUs of other work): the control needs it quiet")
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)"])
+    try:
+        before = sample((idle.pid,))
+        other = subprocess.Popen(burn)
+        other.wait()
+        time.sleep(0.2)
+        load = foreign_load(before, sample((idle.pid,)))
+    finally:
+        idle.kill()
+        idle.wait()
+    # 2.0 s of one CPU in a 2.2-2.5 s window, plus the noise of an otherwise quiet machine.
+    assert 1.6 <= load.foreign_cpu_s <= 2.9, load
+    own = subprocess.Popen(burn)
+    before = sample((own.pid,))
+    own.wait()
+    load = foreign_load(before, sample((own.pid,)))
+    assert load.foreign_cpu_s < 0.6, load  # its own process's CPU is not counted against it
+
+
+def test_a_disturbed_run_is_retried_and_listed_with_its_load(tmp_path: Path) -> None:
+    from pipeline.machines.load import HostLoad
+    from pipeline.run.measure import RunDisturbed
+
+    script = Script({"a": ["ok"]})
+    m, folder, preps, failures = make(tmp_path, script, counted=1, retries=1)
+    object.__setattr__(m.cfg, "repetitions", Repetitions(warmup=0, counted=1, max_counted=1, retries=1,
+                                                         max_foreign_cpus=0.5))
+    with pytest.raises(RunDisturbed, match="used 1.20 CPUs"):
+        m._check_disturbed(HostLoad(10.0, 12.0, 0.0))
+    m._check_disturbed(HostLoad(10.0, 2.0, 0.0))  # 0.2 CPUs: counted
+    m._check_disturbed(None)  # a pool host: not measured here

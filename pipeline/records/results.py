@@ -49,6 +49,7 @@ class RunRecord:
     raw: dict[str, Any]
     metrics: dict[str, float]
     argv: list[str] = field(default_factory=list)
+    host_load: dict[str, float] | None = None  # machines.load: what other processes used during the run
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -21,7 +21,9 @@ import paramiko
 
 from pipeline.config import Config
 from pipeline.errors import InfraError
+from pipeline.machines.executor import LocalProcess
 from pipeline.machines.hostcmd import RemoteTimeout
+from pipeline.machines.load import HostLoad, foreign_load, sample
 from pipeline.machines.pool import LOST, OK, HostLost, Job, PoolHost, Stopped, dispatch
 from pipeline.records.results import RetryRecord, RunFolder, RunRecord, now_iso
 from pipeline.report.stats import summarize
@@ -32,6 +34,11 @@ from pipeline.stages.patch import PatchedTree
 from pipeline.util.progress import Progress
 from pipeline.workloads.flash import WorkloadFailed, WorkloadResult, install_vmm, run_workload
 from pipeline.workloads.kinds import ExtraWorkload, WorkloadOutputError, run_extra
+
+
+class RunDisturbed(InfraError):
+    """Something else on this machine used the CPUs the test host needed: the run is not counted."""
+
 
 # What a broken link or a dead test host looks like when it reaches us: retried, never the candidate's fault.
 INFRA_FAULTS: tuple[type[BaseException], ...] = (OSError, InfraError, paramiko.SSHException, EOFError)
@@ -147,7 +154,14 @@ class Measurer:
                 raise InfraError(f"test host runs {host.info.get('uname_r')}, "
                                  f"expected {prep.artifacts.kernel_release}")
             self._install(host, vmm)
+            # The run's own processes: its QEMU, when it runs on this machine (a pool host's load is its own).
+            process = getattr(host, "process", None)
+            # With share_cpus the other pool hosts on this machine are expected company: not checked.
+            own = (process.pid,) if isinstance(process, LocalProcess) and not pool_host.spec.share_cpus else ()
+            before = sample(own) if own else None
             result = self._workload(host, self.cfg.workload_of(prep.candidate), self.cfg.test_host.cpus)
+            load = foreign_load(before, sample(own)) if before is not None else None
+            self._check_disturbed(load)
             metrics, raw = dict(result.metrics), dict(result.raw)
             for w in self.cfg.workloads:  # the other workloads, in the same booted test host
                 try:
@@ -159,7 +173,17 @@ class Measurer:
             return RunRecord(round=round_idx, kind=kind, attempt=attempt, finished=now_iso(), host=pool_host.name,
                              host_kind=pool_host.kind, boot_to_ssh_s=round(host.boot_seconds, 2),
                              console_log=self.folder.relative(host.console_log), raw=raw,
-                             metrics=metrics, argv=list(result.argv))
+                             metrics=metrics, argv=list(result.argv),
+                             host_load=load.as_dict() if load is not None else None)
+
+    def _check_disturbed(self, load: HostLoad | None) -> None:
+        """A run that shared this machine with a foreign load beyond the limit is not counted."""
+        limit = self.cfg.repetitions.max_foreign_cpus
+        if load is not None and limit > 0 and load.foreign_cpus > limit:
+            raise RunDisturbed(f"disturbed run: other processes on this machine used {load.foreign_cpus:.2f} CPUs "
+                               f"({load.foreign_cpu_s:.1f} s of CPU in {load.wall_s:.1f} s, steal {load.steal_s:.1f} s)"
+                               f" beside the test host, over the limit of {limit} (repetitions.max_foreign_cpus); "
+                               f"not counted, run again")
 
     def _host_check(self, pool_host: PoolHost, name: str, tag: str, exc: BaseException) -> None:
         """After a failed attempt: stop quietly if the run is being interrupted; raise HostLost if the
