@@ -18,6 +18,7 @@ COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e3
 
 
 def svg_of(fig: Any) -> str:
+    """A matplotlib figure as inline SVG (no date in it, so the same input gives the same page); closes it."""
     buf = io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})  # same input, same page
     plt.close(fig)

@@ -31,6 +31,7 @@ def safe_href(path: Any) -> str:
 
 
 def template_env() -> jinja2.Environment:
+    """The jinja2 environment every page is rendered with: autoescaped, with the number filters."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
                              autoescape=jinja2.select_autoescape(["html", "j2"], default=True),
                              undefined=jinja2.ChainableUndefined, trim_blocks=True, lstrip_blocks=True)
