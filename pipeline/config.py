@@ -95,7 +95,7 @@ class Repetitions:
     retries: int = 2
     # A run during which other processes on this machine used more than this many CPUs (averaged over the
     # run) was disturbed: an infrastructure fault, retried and listed with the load. 0: never.
-    max_foreign_cpus: float = 0.5
+    max_foreign_cpus: float = 0.75
 
 
 @dataclass(frozen=True)
