@@ -255,10 +255,12 @@ def test_the_foreign_load_estimator_against_a_known_duty_cycle(tmp_path: Path) -
     # 2.0 s of one CPU in a 2.2-2.5 s window, plus what the machine was doing anyway.
     expected = 2.0 + background * load.wall_s
     assert expected - 0.4 <= load.foreign_cpu_s <= expected + 0.5, (load, background)
-    own = subprocess.Popen(burn)
+    # The run's own process (QEMU) is alive when the run is sampled: burn, then stay alive to be sampled.
+    own = subprocess.Popen([*burn[:2], burn[2] + "\ntime.sleep(1.5)"])
     before = sample((own.pid,))
-    own.wait()
+    time.sleep(2.4)
     load = foreign_load(before, sample((own.pid,)))
+    own.wait()
     # Its own process's CPU is not counted against it: only the background remains.
     assert load.foreign_cpu_s < background * load.wall_s + 0.5, (load, background)
 
