@@ -16,6 +16,8 @@ import yaml
 
 from pipeline import __version__
 from pipeline.config import Config
+from pipeline.report.publish import labels as publish_labels
+from pipeline.report.publish import local_path
 from pipeline.util.gitutil import git
 
 WIDTH = 72
@@ -163,13 +165,14 @@ def write_archive(cfg: Config, results: dict[str, Any], series_patches: list[Pat
         if cfg_file and (Path(cfg_file) / "config").is_file():
             files[f"config-{'baseline' if name == base else 'series'}"] = (Path(cfg_file) / "config").read_bytes()
     qemu = _qemu_command(run_dir)
-    if qemu:
-        files["qemu-command.txt"] = qemu.encode()
+    if qemu:  # with this machine's paths made into labels, as everything published
+        files["qemu-command.txt"] = local_path(qemu, publish_labels(run_dir)).encode()
     files["VERSION"] = f"kpipe {__version__}\n".encode()
     files["README"] = (f"Re-run the evaluation of run {results.get('run_id', '?')} (kpipe {__version__}):\n\n"
                        "    tar xzf reproduce.tar.gz && kpipe run -c reproduce/pipeline.yaml\n\n"
                        "config-baseline and config-series are the final .config files; qemu-command.txt is\n"
-                       "the command line the test hosts ran (ports and paths are this machine's).\n").encode()
+                       "the command line the test hosts ran (its port was this machine's; <cache> is kpipe's\n"
+                       "cache directory there).\n").encode()
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
         for name, data in sorted(files.items()):

@@ -12,11 +12,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-_ABS = re.compile(r"(?<![\w.:/>~-])(/(?:[\w.@+-]+/)*[\w.@+-]*)")
+_ABS = re.compile(r"(?<![\w./>~-])(/(?:[\w.@+-]+/)*[\w.@+-]*)")
 KEEP_UNDER = ("/usr/", "/etc/", "/dev/", "/proc/", "/sys/", "/tmp/kpipe/")  # shared by every Debian machine
 
 
-def _labels(run_dir: Path) -> list[tuple[str, str]]:
+def labels(run_dir: Path) -> list[tuple[str, str]]:
+    """(local prefix, label) pairs, longest first: the cache, the run folder and its parent, this checkout, home."""
     out = []
     cache = os.environ.get("KPIPE_CACHE_DIR")
     if cache:
@@ -45,11 +46,11 @@ def local_path(text: str, labels: list[tuple[str, str]]) -> str:
 
 def publishable(data: Any, run_dir: Path) -> Any:
     """A copy of a results or metadata document with no absolute local path left in any string."""
-    labels = _labels(run_dir)
+    labels_ = labels(run_dir)
 
     def walk(x: Any) -> Any:
         if isinstance(x, str):
-            return local_path(x, labels) if "/" in x else x
+            return local_path(x, labels_) if "/" in x else x
         if isinstance(x, list):
             return [walk(v) for v in x]
         if isinstance(x, dict):

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 import textwrap
 from collections import Counter
 from pathlib import Path
@@ -15,7 +14,7 @@ import jinja2
 from pipeline.errors import UserError
 from pipeline.records.results import read_results, write_json_atomic, write_text_atomic
 from pipeline.report.analysis import METRICS, analyze, fmt_num, fmt_p, is_number
-from pipeline.report.publish import publishable
+from pipeline.report.publish import labels, local_path, publishable
 
 TEMPLATES = Path(__file__).parent / "templates"
 WIDTH = 72
@@ -222,13 +221,16 @@ def _copy_logs(run_dir: Path, out_dir: Path) -> None:
     src = run_dir / "logs"
     if not src.is_dir() or src.is_symlink():
         return
+    path_labels = labels(run_dir)
     for path in sorted(src.rglob("*")):
         if any(p.is_symlink() for p in (path, *path.relative_to(src).parents) if p != Path(".")) \
                 or not path.is_file():
             continue
         dest = out_dir / "logs" / path.relative_to(src)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, dest, follow_symlinks=False)
+        # Published, so this machine's paths become labels (the run folder keeps them as they were).
+        text = path.read_bytes().decode("utf-8", errors="surrogateescape")
+        dest.write_bytes(local_path(text, path_labels).encode("utf-8", errors="surrogateescape"))
 
 
 def render_html(results: dict[str, Any], metadata: dict[str, Any], analysis: dict[str, Any] | None = None,
