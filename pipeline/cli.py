@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 from pipeline import __version__, exitcodes
 from pipeline.config import load_config
 from pipeline.errors import ConfigError, InfraError, PipelineError, UserError
+from pipeline.flows.rederive import rederive
 from pipeline.report.analysis import analyze
 from pipeline.report.render import load_run, render_json, render_text, write_report
 from pipeline.run.runner import Interrupted
@@ -88,6 +89,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     # A report needs only the run folder: no config, no kernel source on this machine.
     run_dir = _run_dir(Path(args.runs_dir), args.run)
+    if args.rederive:
+        print(f"{run_dir}: {rederive(run_dir)} run(s) re-derived from their raw output", file=sys.stderr)
     results, metadata = load_run(run_dir)
     if args.format == "text":
         sys.stdout.write(render_text(results, metadata))
@@ -232,6 +235,8 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--runs-dir", default="runs", help="where run ids are looked up (default: runs)")
     rep.add_argument("--format", choices=("html", "text", "json"), default="html")
     rep.add_argument("--output", default="reports", help="folder the HTML report goes under (default: reports)")
+    rep.add_argument("--rederive", action="store_true", help="first compute the workload's figures again from "
+                     "each run's raw output with this version's accounting (rewrites the folder's results.json)")
     srv = add("serve", cmd_serve, "serve the reports folder on 127.0.0.1", [])
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--directory", default="reports", help="folder to serve (default: reports)")

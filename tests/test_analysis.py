@@ -49,7 +49,7 @@ def test_a_candidate_that_polls_more_and_boots_slower_is_flagged() -> None:
     }, {})
     a = analyze(results)
     assert a["regressions"] == ["poller"]
-    assert len(a["warnings"]) == 1 and "poller polls more than base" in a["warnings"][0]
+    assert len(a["warnings"]) == 1 and "poller's kworkers spend more CPU than base's" in a["warnings"][0]
     assert "starving" in a["warnings"][0]
 
 

@@ -12,11 +12,19 @@ IDENTICAL_VERDICT = "binary-identical"
 
 METRICS = {
     "boot_s": ("guest boot time", "s"),
-    "host_cpu_s": ("host CPU (boot, w/o reader vCPUs)", "s"),
+    "host_cpu_s": ("host CPU (non-idle time, w/o reader vCPUs)", "s"),
     "gp_ms": ("time per expedited grace period", "ms"),
-    "kworker_cpu_s": ("SRCU kworkers' CPU", "s"),
+    "host_cpu_per_gp_ms": ("host CPU per grace period", "ms"),
+    "kworker_cpu_s": ("kworkers' CPU (SRCU's work, wake-ups included)", "s"),
+    "kworker_cpu_per_gp_ms": ("kworkers' CPU per grace period", "ms"),
+    "kworker_sleeps_per_gp": ("kworker sleeps per grace period", ""),
     "flash_thread_cpu_s": ("updater (flash vCPU) CPU", "s"),
     "spinner_cpu_s": ("reader vCPUs' CPU", "s"),
+    "rest_cpu_s": ("rest of the test host's CPU", "s"),
+    "updater_preempted_per_gp": ("updater preemptions per grace period", ""),
+    "vmm_preempted_per_gp": ("VMM preemptions per grace period", ""),
+    "reader_blocked_frac": ("share of the boot the reader was blocked", ""),
+    "host_cpu_ticks_s": ("host CPU by tick samples (misses sub-tick work)", "s"),
     "updates_over_jiffy": ("memslot updates of a jiffy or more", ""),
     "delete_mean_ms": ("memslot delete, mean", "ms"),
     "create_mean_ms": ("memslot create, mean", "ms"),
@@ -187,9 +195,10 @@ def _on_top_comparisons(row: dict[str, Any], cands: dict[str, Any], specs: dict[
 
 
 def _artefact_warnings(rows: list[dict[str, Any]]) -> list[str]:
-    """Orderings that point at the test host rather than the kernel: a candidate that polls more (more
-    SRCU-kworker CPU) and yet boots the guest slower than what it is compared with.  On a small nested
-    test host busy polling competes with the vCPUs it waits for, which can invert the expected order."""
+    """Orderings that point at the test host rather than the kernel: a candidate whose kworkers (where
+    SRCU's grace-period work runs, polling included) spend more CPU and yet boots the guest slower than
+    what it is compared with.  On a small nested test host that work competes with the vCPUs it waits
+    for, which can invert the expected order."""
     by_name = {r["name"]: r for r in rows}
     out = []
     for r in rows:
@@ -199,10 +208,10 @@ def _artefact_warnings(rows: list[dict[str, Any]]) -> list[str]:
         boot = r["comparisons"].get("boot_s", {})
         kw, ref_kw = r["summaries"]["kworker_cpu_s"]["median"], ref["summaries"]["kworker_cpu_s"]["median"]
         if boot.get("verdict") == SLOWER and not math.isnan(kw) and not math.isnan(ref_kw) and kw > 1.5 * ref_kw + 0.1:
-            out.append(f"{r['name']} polls more than {ref['name']} (SRCU kworkers {kw:.2f} s against {ref_kw:.2f} s) "
-                       f"and yet boots the guest slower: the polling may be starving what it waits for (a reader "
-                       f"preempted on the kworker's own CPU, or the test host's few vCPUs). Check with more test-host "
-                       f"CPUs before reading this as a property of the kernel.")
+            out.append(f"{r['name']}'s kworkers spend more CPU than {ref['name']}'s ({kw:.2f} s against "
+                       f"{ref_kw:.2f} s) and yet it boots the guest slower: that work may be starving what it "
+                       f"waits for (a reader preempted on the kworker's own CPU, or the test host's few vCPUs). "
+                       f"Check with more test-host CPUs before reading this as a property of the kernel.")
     return out
 
 

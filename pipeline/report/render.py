@@ -152,9 +152,10 @@ def render_text(results: dict[str, Any], metadata: dict[str, Any], analysis: dic
     machines = _machines_line(a)
     if machines:
         para(machines)
-    para("host CPU = test-host CPU time over the guest boot (all CPUs, /proc/stat) minus the reader vCPUs' "
-         "own guest spinning. ms/GP = time in KVM_SET_USER_MEMORY_REGION per expedited SRCU grace period "
-         "(two per memslot delete, one per create in a 6.1 host).")
+    para("host CPU = test-host non-idle time over the guest boot (all CPUs: the window minus the kernel's "
+         "exact idle time, not its tick samples) minus the reader vCPUs' own guest spinning. ms/GP = time "
+         "in KVM_SET_USER_MEMORY_REGION per expedited SRCU grace period (two per memslot delete, one per "
+         "create in a 6.1 host).")
     if "tcg" in str(accel).lower():
         para("The test host runs under QEMU TCG and the workload's guest nested in it: compare ratios, "
              "not absolute times.")

@@ -21,12 +21,25 @@
  * exit to us), cpuid (exits handled inside KVM), fault (the guest keeps
  * touching pages the VMM keeps discarding: each touch is a page fault that
  * KVM handles under kvm->srcu, allocating memory and taking mmap_lock, so
- * the read section can sleep).
+ * the read section can sleep), block (the same touches, but the pages are
+ * registered with userfaultfd and served --block-us late, as a VMM serving
+ * guest memory from far away would: the vCPU sleeps that long inside
+ * kvm->srcu, the reader 282d8998e997 was written for).
  *
  * Accounting: each update's latency by kind (delete/create), a histogram,
  * the updates that took at least a jiffy, KVM's own per-vCPU exit counters
  * (binary stats fd), the CPU time of the VMM's threads and of the test
- * host's kworkers (where SRCU's grace-period work runs).
+ * host's kworkers (where SRCU's grace-period work runs), matched by PID so a
+ * kworker that comes or goes does not skew the sum, with their voluntary
+ * (sleeps) and involuntary switches; the updater thread's own switches; the
+ * exact window between the two /proc/stat reads, so that busy time can be
+ * computed as window minus exact (nohz) idle instead of from tick samples.
+ *
+ * Calibration (--control-duty F): no VM; one thread on --control-cpu runs
+ * F of every jiffy right after a tick and sleeps on a tick-aligned timer the
+ * rest, for --control-ms, and prints the same accounting plus the time it
+ * spent busy by its own clock: a control with a known answer for whatever
+ * estimator reads the accounting.
  *
  * Output: one JSON document on stdout.  Exit 0 on success, 1 on a usage or
  * KVM error, 2 if the guest reported a failure, 3 on watchdog timeout.
@@ -36,6 +49,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/kvm.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -47,6 +62,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -74,6 +90,8 @@
 #define TIMELINE_POINTS 20
 #define SLEEP_NS        2000000ULL      /* kept for older reports: updates over 2 ms */
 #define DISCARD_US      1000            /* fault reader: pages discarded every 1 ms */
+#define MAX_KWORKERS    1024
+#define VMM_VERSION     3
 
 /* Histogram of update latencies, upper bin edges in microseconds: log bins
  * below a millisecond, then 1 ms bins up to 64 ms, then an overflow bin. */
@@ -139,11 +157,17 @@ struct options {
 	int flash_cpu;          /* -1: not pinned */
 	int spinner_cpu;        /* -1: not pinned */
 	int timeout_s;
+	long block_us;          /* block reader: how late each fault is served */
+	long block_gap_us;      /* block reader: how long a served page stays mapped */
+	double control_duty;    /* > 0: run the calibration control instead */
+	long control_ms;
+	int control_cpu;
 };
 
-enum { SPIN_IO, SPIN_LOOP, SPIN_CPUID, SPIN_FAULT, SPIN_MODES };
-static const char *spin_names[] = { "io", "loop", "cpuid", "fault" };
-static const unsigned long spin_entry[] = { SPIN_IO_GPA, SPIN_LOOP_GPA, SPIN_CPUID_GPA, SPIN_FAULT_GPA };
+enum { SPIN_IO, SPIN_LOOP, SPIN_CPUID, SPIN_FAULT, SPIN_BLOCK, SPIN_MODES };
+static const char *spin_names[] = { "io", "loop", "cpuid", "fault", "block" };
+static const unsigned long spin_entry[] = { SPIN_IO_GPA, SPIN_LOOP_GPA, SPIN_CPUID_GPA, SPIN_FAULT_GPA,
+					    SPIN_FAULT_GPA };
 
 struct cpu_times { unsigned long long v[8]; };  /* user nice system idle iowait irq softirq steal */
 
@@ -165,6 +189,13 @@ static volatile int stop_spinners;
 static volatile long progress_updates;
 static uint8_t *scratch;
 static volatile unsigned long long discards;
+static volatile int stop_server;
+static int uffd = -1;
+static long block_us, block_gap_us;
+static volatile unsigned long long blocks, blocked_ns;
+
+struct kworker { int pid; unsigned long long ticks; long nvcsw, nivcsw; };
+struct kworker_delta { unsigned long long ticks; long nvcsw, nivcsw; int threads; };
 
 static void die(const char *fmt, ...)
 {
@@ -357,21 +388,22 @@ static long long vcpu_stat(int vcpu_fd, const char *name)
 	return value;
 }
 
-/* CPU time (clock ticks) of the test host's kworker threads, where SRCU's
- * grace-period work (process_srcu) and callback invocation run.  utime and
- * stime in /proc/PID/stat add up to the scheduler's exact runtime. */
-static unsigned long long kworker_ticks(int *count)
+/* The test host's kworker threads, where SRCU's grace-period work
+ * (process_srcu) and callback invocation run: CPU time in clock ticks (utime
+ * and stime in /proc/PID/stat add up to the scheduler's exact runtime) and
+ * voluntary (a sleep) and involuntary (a preemption) switches. */
+static int kworker_scan(struct kworker *kw, int max)
 {
-	unsigned long long total = 0;
 	struct dirent *de;
 	DIR *dir = opendir("/proc");
+	int n = 0;
 
-	*count = 0;
 	if (!dir)
 		return 0;
-	while ((de = readdir(dir))) {
+	while ((de = readdir(dir)) && n < max) {
 		char path[300], buf[512];
 		unsigned long long ut = 0, st = 0;
+		int is_kworker = 0;
 		FILE *f;
 
 		if (de->d_name[0] < '0' || de->d_name[0] > '9')
@@ -383,17 +415,119 @@ static unsigned long long kworker_ticks(int *count)
 		if (fgets(buf, sizeof(buf), f)) {
 			char *open_paren = strchr(buf, '('), *close_paren = strrchr(buf, ')');
 
-			if (open_paren && close_paren && !strncmp(open_paren + 1, "kworker", 7) &&
-			    sscanf(close_paren + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
-				   &ut, &st) == 2) {
-				total += ut + st;
-				(*count)++;
-			}
+			is_kworker = open_paren && close_paren && !strncmp(open_paren + 1, "kworker", 7) &&
+				sscanf(close_paren + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+				       &ut, &st) == 2;
 		}
 		fclose(f);
+		if (!is_kworker)
+			continue;
+		kw[n].pid = atoi(de->d_name);
+		kw[n].ticks = ut + st;
+		kw[n].nvcsw = kw[n].nivcsw = 0;
+		snprintf(path, sizeof(path), "/proc/%s/status", de->d_name);
+		f = fopen(path, "r");
+		if (f) {
+			while (fgets(buf, sizeof(buf), f)) {
+				sscanf(buf, "voluntary_ctxt_switches: %ld", &kw[n].nvcsw);
+				sscanf(buf, "nonvoluntary_ctxt_switches: %ld", &kw[n].nivcsw);
+			}
+			fclose(f);
+		}
+		n++;
 	}
 	closedir(dir);
-	return total;
+	return n;
+}
+
+/* What the kworkers did between two scans, thread by thread: a kworker
+ * that appeared counts from zero, one that went away is lost (its time
+ * since the first scan is not knowable from /proc). */
+static void kworker_delta(const struct kworker *a, int na, const struct kworker *b, int nb,
+			  struct kworker_delta *d)
+{
+	memset(d, 0, sizeof(*d));
+	d->threads = nb;
+	for (int i = 0; i < nb; i++) {
+		unsigned long long t0 = 0;
+		long v0 = 0, iv0 = 0;
+
+		for (int j = 0; j < na; j++)
+			if (a[j].pid == b[i].pid) {
+				t0 = a[j].ticks;
+				v0 = a[j].nvcsw;
+				iv0 = a[j].nivcsw;
+				break;
+			}
+		if (b[i].ticks >= t0)
+			d->ticks += b[i].ticks - t0;
+		if (b[i].nvcsw >= v0)
+			d->nvcsw += b[i].nvcsw - v0;
+		if (b[i].nivcsw >= iv0)
+			d->nivcsw += b[i].nivcsw - iv0;
+	}
+}
+
+static void sleep_us(long us)
+{
+	struct timespec ts = { .tv_sec = us / 1000000, .tv_nsec = (us % 1000000) * 1000 };
+
+	while (nanosleep(&ts, &ts) && errno == EINTR)
+		;
+}
+
+/* The block reader's VMM side: every fault on the scratch pages is served
+ * block_us late (the vCPU sleeps in the fault, inside its kvm->srcu read
+ * section, meanwhile); the page then stays mapped block_gap_us and is
+ * discarded, so the reader's next touch of it blocks again.  After the
+ * readers are told to stop it serves without delay until they are joined. */
+static void *serve_main(void *arg)
+{
+	static uint8_t zero_page[4096] __attribute__((aligned(4096)));
+
+	(void)arg;
+	while (!stop_server) {
+		struct pollfd pfd = { .fd = uffd, .events = POLLIN };
+		struct uffd_msg msg;
+		unsigned long long t0;
+
+		if (poll(&pfd, 1, 20) <= 0)
+			continue;
+		if (read(uffd, &msg, sizeof(msg)) != sizeof(msg) || msg.event != UFFD_EVENT_PAGEFAULT)
+			continue;
+		t0 = now_ns();
+		if (!stop_spinners)
+			sleep_us(block_us);
+		unsigned long page = msg.arg.pagefault.address & ~4095UL;
+		struct uffdio_copy copy = { .dst = page, .src = (unsigned long)zero_page, .len = 4096 };
+
+		if (ioctl(uffd, UFFDIO_COPY, &copy) && errno != EEXIST)
+			continue;
+		blocked_ns += now_ns() - t0;
+		blocks++;
+		if (stop_spinners)
+			continue;
+		sleep_us(block_gap_us);
+		madvise((void *)page, 4096, MADV_DONTNEED);
+	}
+	return NULL;
+}
+
+static void setup_block_reader(void)
+{
+	struct uffdio_api api = { .api = UFFD_API };
+	struct uffdio_register reg = {
+		.range = { .start = (unsigned long)scratch, .len = SCRATCH_SIZE },
+		.mode = UFFDIO_REGISTER_MODE_MISSING,
+	};
+
+	uffd = syscall(__NR_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	if (uffd < 0)
+		die("userfaultfd (the block reader needs CONFIG_USERFAULTFD=y in the test host)");
+	if (ioctl(uffd, UFFDIO_API, &api))
+		die("UFFDIO_API");
+	if (ioctl(uffd, UFFDIO_REGISTER, &reg))
+		die("UFFDIO_REGISTER");
 }
 
 /* The fault reader's partner: keep discarding the scratch pages, so that the
@@ -453,12 +587,71 @@ static void print_cpu_times(const char *name, struct cpu_times *a, struct cpu_ti
 	printf("],\n");
 }
 
+/* The calibration control: a thread of known duty cycle that wakes on a
+ * tick-aligned timer (the coarse clock reads the time of the last tick) a
+ * little after each tick, spins `duty` of a jiffy by its own clock, and
+ * sleeps again before the next tick, as SRCU's 1-jiffy timers do: work a
+ * tick-sampling estimator never sees. */
+static int run_control(const struct options *o)
+{
+	struct cpu_times s0[MAX_CPUS + 1], s1[MAX_CPUS + 1];
+	struct timespec ts;
+	unsigned long long jiffy_ns, base, offset, busy_len, end, k, busy_ns = 0, periods = 0;
+	unsigned long long w0, w1, thread0, thread_ns;
+	int n;
+
+	pin_to(o->control_cpu);
+	clock_getres(CLOCK_MONOTONIC_COARSE, &ts);
+	jiffy_ns = (unsigned long long)ts.tv_sec * 1000000000ULL + ts.tv_nsec;
+	offset = jiffy_ns / 16;
+	busy_len = (unsigned long long)(o->control_duty * jiffy_ns);
+	w0 = now_ns();
+	n = read_proc_stat(s0, MAX_CPUS + 1);
+	thread0 = thread_cpu_ns();
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	base = (unsigned long long)ts.tv_sec * 1000000000ULL + ts.tv_nsec;
+	end = now_ns() + (unsigned long long)o->control_ms * 1000000ULL;
+	k = (now_ns() - base) / jiffy_ns + 1;
+	for (;;) {
+		unsigned long long deadline = base + k * jiffy_ns + offset, t0, t1;
+		struct timespec dl = { .tv_sec = deadline / 1000000000ULL, .tv_nsec = deadline % 1000000000ULL };
+
+		if (deadline + busy_len > end)
+			break;
+		while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &dl, NULL) == EINTR)
+			;
+		t0 = now_ns();
+		do
+			t1 = now_ns();
+		while (t1 - t0 < busy_len);
+		busy_ns += t1 - t0;
+		periods++;
+		k = (t1 - base) / jiffy_ns + 1;
+	}
+	thread_ns = thread_cpu_ns() - thread0;
+	read_proc_stat(s1, MAX_CPUS + 1);
+	w1 = now_ns();
+	printf("{\n  \"status\": \"ok\",\n  \"tool\": \"flashvmm\", \"version\": %d, \"mode\": \"control\",\n",
+	       VMM_VERSION);
+	printf("  \"params\": {\"duty\": %.4f, \"control_ms\": %ld, \"control_cpu\": %d},\n",
+	       o->control_duty, o->control_ms, o->control_cpu);
+	printf("  \"jiffy_ns\": %llu,\n  \"stat_window_ns\": %llu,\n  \"busy_ns\": %llu,\n"
+	       "  \"periods\": %llu,\n  \"thread_cpu_ns\": %llu,\n  \"cpu_seen\": %d,\n",
+	       jiffy_ns, w1 - w0, busy_ns, periods, thread_ns, sched_getcpu());
+	printf("  \"clk_tck\": %ld,\n", sysconf(_SC_CLK_TCK));
+	print_cpu_times("proc_stat_delta", s0, s1, n);
+	printf("  \"end\": true\n}\n");
+	fflush(stdout);
+	return 0;
+}
+
 static void usage(void)
 {
 	fprintf(stderr,
 		"usage: flashvmm [--cycles N] [--static-slots N] [--spinners N]\n"
-		"                [--spin-mode io|loop|cpuid|fault] [--flash-cpu C] [--spinner-cpu C]\n"
-		"                [--timeout SECONDS]\n");
+		"                [--spin-mode io|loop|cpuid|fault|block] [--flash-cpu C] [--spinner-cpu C]\n"
+		"                [--block-us US] [--block-gap-us US] [--timeout SECONDS]\n"
+		"       flashvmm --control-duty F [--control-ms MS] [--control-cpu C]\n");
 	exit(1);
 }
 
@@ -471,6 +664,11 @@ static void parse_args(int argc, char **argv, struct options *o)
 	o->flash_cpu = -1;
 	o->spinner_cpu = -1;
 	o->timeout_s = 600;
+	o->block_us = 2000;
+	o->block_gap_us = 1000;
+	o->control_duty = 0;
+	o->control_ms = 4000;
+	o->control_cpu = 1;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 
@@ -496,12 +694,24 @@ static void parse_args(int argc, char **argv, struct options *o)
 			o->spinner_cpu = atoi(v);
 		else if (!strcmp(a, "--timeout"))
 			o->timeout_s = atoi(v);
+		else if (!strcmp(a, "--block-us"))
+			o->block_us = atol(v);
+		else if (!strcmp(a, "--block-gap-us"))
+			o->block_gap_us = atol(v);
+		else if (!strcmp(a, "--control-duty"))
+			o->control_duty = atof(v);
+		else if (!strcmp(a, "--control-ms"))
+			o->control_ms = atol(v);
+		else if (!strcmp(a, "--control-cpu"))
+			o->control_cpu = atoi(v);
 		else
 			usage();
 		i++;
 	}
 	if (o->cycles < 1 || o->static_slots < 0 || o->spinners < 0 ||
-	    o->spinners > MAX_SPINNERS || o->timeout_s < 1)
+	    o->spinners > MAX_SPINNERS || o->timeout_s < 1 || o->block_us < 0 || o->block_us > 1000000 ||
+	    o->block_gap_us < 0 || o->block_gap_us > 1000000 || o->control_duty < 0 || o->control_duty > 0.9 ||
+	    o->control_ms < 1 || o->control_ms > 600000)
 		usage();
 }
 
@@ -524,14 +734,21 @@ int main(int argc, char **argv)
 	unsigned long long *lat, *lat_kind[2];
 	long n_kind[2] = { 0, 0 };
 	unsigned long long hist[2][HIST_BINS];
-	unsigned long long kw_ticks0, kw_ticks1;
-	int kw_threads;
-	pthread_t discarder;
+	static struct kworker kw0[MAX_KWORKERS], kw1[MAX_KWORKERS];
+	struct kworker_delta kwd;
+	int nkw0, nkw1;
+	unsigned long long stat_t0, stat_t1;
+	struct rusage flash_ru;
+	pthread_t discarder, server;
 	struct timespec tick;
 	unsigned long long jiffy_ns;
 	long long flash_kvm_exits;
 
 	parse_args(argc, argv, &o);
+	if (o.control_duty > 0)
+		return run_control(&o);
+	block_us = o.block_us;
+	block_gap_us = o.block_gap_us;
 	signal(SIGUSR1, kick);
 	{
 		struct sigaction sa = { .sa_handler = kick };
@@ -539,8 +756,9 @@ int main(int argc, char **argv)
 	}
 	pthread_create(&watchdog, NULL, watchdog_main, &o.timeout_s);
 	pin_to(o.flash_cpu);
+	nkw0 = kworker_scan(kw0, MAX_KWORKERS);
+	stat_t0 = now_ns();
 	ncpu_lines = read_proc_stat(stat0, MAX_CPUS + 1);
-	kw_ticks0 = kworker_ticks(&kw_threads);
 	/* The coarse clock ticks once a jiffy: its resolution is 1/HZ. */
 	clock_getres(CLOCK_MONOTONIC_COARSE, &tick);
 	jiffy_ns = (unsigned long long)tick.tv_sec * 1000000000ULL + tick.tv_nsec;
@@ -583,7 +801,9 @@ int main(int argc, char **argv)
 	memset(flash, FLASH_BYTE, FLASH_SIZE);
 	set_slot(SLOT_RAM, 0, RAM_SIZE, ram, 0);
 	set_slot(SLOT_FLASH, FLASH_GPA, FLASH_SIZE, flash, KVM_MEM_READONLY);
-	if (o.spin_mode == SPIN_FAULT && o.spinners)
+	if (o.spin_mode == SPIN_BLOCK && o.spinners)
+		setup_block_reader();
+	if ((o.spin_mode == SPIN_FAULT || o.spin_mode == SPIN_BLOCK) && o.spinners)
 		set_slot(SLOT_SCRATCH, SCRATCH_GPA, SCRATCH_SIZE, scratch, 0);
 	/* All static slots share one host page: KVM allows aliased HVAs. */
 	for (long i = 0; i < o.static_slots; i++)
@@ -603,6 +823,8 @@ int main(int argc, char **argv)
 		pthread_create(&spinners[i].thread, NULL, spinner_main, &spinners[i]);
 	if (o.spin_mode == SPIN_FAULT && o.spinners)
 		pthread_create(&discarder, NULL, discard_main, NULL);
+	if (o.spin_mode == SPIN_BLOCK && o.spinners)
+		pthread_create(&server, NULL, serve_main, NULL);
 
 	for (int p = 0; p < TIMELINE_POINTS; p++)
 		timeline[p] = 0;
@@ -687,6 +909,7 @@ int main(int argc, char **argv)
 	t_end = now_ns();
 	flash_cpu_seen = sched_getcpu();
 	flash_thread_ns = thread_cpu_ns();
+	getrusage(RUSAGE_THREAD, &flash_ru);
 	stop_spinners = 1;
 	for (int i = 0; i < o.spinners; i++) {
 		spinners[i].run->immediate_exit = 1;
@@ -696,9 +919,15 @@ int main(int argc, char **argv)
 	}
 	if (o.spin_mode == SPIN_FAULT && o.spinners)
 		pthread_join(discarder, NULL);
+	if (o.spin_mode == SPIN_BLOCK && o.spinners) {
+		stop_server = 1;
+		pthread_join(server, NULL);
+	}
 	flash_kvm_exits = vcpu_stat(flash_fd, "exits");
 	read_proc_stat(stat1, MAX_CPUS + 1);
-	kw_ticks1 = kworker_ticks(&kw_threads);
+	stat_t1 = now_ns();
+	nkw1 = kworker_scan(kw1, MAX_KWORKERS);
+	kworker_delta(kw0, nkw0, kw1, nkw1, &kwd);
 	getrusage(RUSAGE_SELF, &ru);
 
 	unsigned long long sum = 0, slept = 0;
@@ -710,11 +939,11 @@ int main(int argc, char **argv)
 #define PCT(q) (updates ? lat[(long)((q) * (updates - 1))] : 0)
 
 	printf("{\n  \"status\": \"%s\",\n", guest_status == 1 ? "ok" : "guest-failed");
-	printf("  \"tool\": \"flashvmm\", \"version\": 2,\n  \"failure\": \"%s\",\n", failure);
+	printf("  \"tool\": \"flashvmm\", \"version\": %d,\n  \"failure\": \"%s\",\n", VMM_VERSION, failure);
 	printf("  \"params\": {\"cycles\": %ld, \"static_slots\": %ld, \"spinners\": %d, "
-	       "\"spin_mode\": \"%s\", \"flash_cpu\": %d, \"spinner_cpu\": %d},\n",
-	       o.cycles, o.static_slots, o.spinners, spin_names[o.spin_mode],
-	       o.flash_cpu, o.spinner_cpu);
+	       "\"spin_mode\": \"%s\", \"flash_cpu\": %d, \"spinner_cpu\": %d, \"block_us\": %ld, "
+	       "\"block_gap_us\": %ld},\n", o.cycles, o.static_slots, o.spinners, spin_names[o.spin_mode],
+	       o.flash_cpu, o.spinner_cpu, o.block_us, o.block_gap_us);
 	printf("  \"boot_ns\": %llu,\n  \"setup_ns\": %llu,\n  \"flash_ns\": %llu,\n",
 	       t_end - t_start, t_setup_done - t_start, t_end - t_setup_done);
 	printf("  \"updates\": %ld,\n  \"mmio_write_exits\": %ld,\n  \"mmio_read_exits\": %ld,\n"
@@ -739,8 +968,10 @@ int main(int argc, char **argv)
 			for (unsigned int b = 0; b < HIST_BINS; b++)
 				printf("%s%llu", b ? ", " : "", hist[k][b]);
 		}
-		printf("],\n  \"kworker_cpu_ticks\": %llu,\n  \"kworker_threads\": %d,\n",
-		       kw_ticks1 - kw_ticks0, kw_threads);
+		printf("],\n  \"kworker_cpu_ticks\": %llu,\n  \"kworker_threads\": %d,\n"
+		       "  \"kworker_nvcsw\": %ld,\n  \"kworker_nivcsw\": %ld,\n",
+		       kwd.ticks, kwd.threads, kwd.nvcsw, kwd.nivcsw);
+		printf("  \"reader_blocks\": %llu,\n  \"reader_blocked_ns\": %llu,\n", blocks, blocked_ns);
 		printf("  \"flash_kvm_exits\": %lld,\n  \"discards\": %llu,\n", flash_kvm_exits, discards);
 	}
 	printf("  \"timeline_ns\": [");
@@ -754,6 +985,9 @@ int main(int argc, char **argv)
 		       spinners[i].error, spinners[i].cpu_ns);
 	printf("],\n  \"flash_cpu_seen\": %d,\n  \"flash_thread_cpu_ns\": %llu,\n", flash_cpu_seen,
 	       flash_thread_ns);
+	printf("  \"flash_thread_nvcsw\": %ld,\n  \"flash_thread_nivcsw\": %ld,\n", flash_ru.ru_nvcsw,
+	       flash_ru.ru_nivcsw);
+	printf("  \"stat_window_ns\": %llu,\n", stat_t1 - stat_t0);
 	printf("  \"clk_tck\": %ld,\n", sysconf(_SC_CLK_TCK));
 	print_cpu_times("proc_stat_delta", stat0, stat1, ncpu_lines);
 	printf("  \"rusage\": {\"user_us\": %lld, \"system_us\": %lld, \"nvcsw\": %ld, \"nivcsw\": %ld}\n}\n",
