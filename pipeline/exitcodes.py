@@ -4,6 +4,8 @@
     3   regression: a candidate boots the guest significantly slower than its reference
     4   incomplete: no regression found, but a candidate could not be evaluated
         (its patch did not apply, or it did not build or boot)
+    5   undecided: no regression found, but a candidate's guest boot time is slower by
+        at least the minimum effect and the runs do not decide it (run more repetitions)
     64  usage or configuration error (argparse's own usage errors included)
     70  the pipeline or its infrastructure failed, or the run was interrupted
 
@@ -17,14 +19,18 @@ from typing import Any
 OK = 0
 REGRESSION = 3
 INCOMPLETE = 4
+UNDECIDED = 5
 USAGE = 64
 FAILURE = 70
 
 
 def for_analysis(analysis: dict[str, Any]) -> int:
-    """The exit code of a finished run: a regression outranks a candidate that could not be evaluated."""
+    """The exit code of a finished run: a regression outranks an undecided slowdown, which outranks a
+    candidate that could not be evaluated."""
     if analysis["regressions"]:
         return REGRESSION
+    if analysis.get("undecided"):
+        return UNDECIDED
     if analysis["failed"]:
         return INCOMPLETE
     return OK

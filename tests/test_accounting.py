@@ -68,3 +68,28 @@ def test_committed_reports_carry_todays_derivation(run: Path) -> None:
     (`kpipe report --rederive` brings one up to date)."""
     results = json.loads((run / "results.json").read_text())
     assert rederived_runs(results) == 0, f"{run.name}: run `kpipe report --rederive {run}`"
+
+
+def test_block_reader_settings_reach_the_vmm_and_bad_ones_name_their_key(tmp_path: Path) -> None:
+    from pipeline.config import load_config
+    from pipeline.errors import ConfigError
+    from pipeline.workloads.flash import Workload, vmm_argv
+
+    argv = vmm_argv("/tmp/flashvmm", Workload(spin_mode="block", block_ms=2.5, block_gap_ms=1), 2)
+    assert argv[argv.index("--block-us") + 1] == "2500" and argv[argv.index("--block-gap-us") + 1] == "1000"
+    assert "--block-us" not in vmm_argv("/tmp/flashvmm", Workload(spin_mode="loop"), 2)
+    cfg = tmp_path / "pipeline.yaml"
+    cfg.write_text("trees: {t: {git: /nonexistent}}\nbaseline: b\ncandidates: [{name: b, tree: t}]\n"
+                   "workload: {spin_mode: block, block_ms: true}\n")
+    with pytest.raises(ConfigError, match=r"workload\.block_ms"):
+        load_config(cfg)
+
+
+def test_version_3_output_gives_the_mechanism_per_grace_period() -> None:
+    raw = json.loads((DATA / "flashvmm-v2-regression-282d8998.json").read_text())
+    raw |= {"version": 3, "flash_thread_nivcsw": 9300, "flash_thread_nvcsw": 10, "kworker_nvcsw": 18600,
+            "stat_window_ns": raw["boot_ns"] + 1_000_000}
+    m = derive_metrics(raw)
+    assert m["updater_preempted_per_gp"] == pytest.approx(9300 / m["grace_periods"])
+    assert m["kworker_sleeps_per_gp"] == pytest.approx(18600 / m["grace_periods"])
+    assert m["kworker_ms_per_sleep"] == pytest.approx(m["kworker_cpu_s"] * 1e3 / 18600)

@@ -41,3 +41,23 @@ def test_configuration_error_exits_64(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["validate", "-c", str(cfg)]) == exitcodes.USAGE
     assert "bogus: unknown key" in capsys.readouterr().err
     assert main(["validate", "-c", str(tmp_path / "missing.yaml")]) == exitcodes.USAGE
+
+
+def test_a_large_slowdown_the_runs_do_not_decide_is_never_a_silent_pass() -> None:
+    """One disturbed baseline run can make a 17x regression 'inconclusive': that is exit code 5 (bisect:
+    skip), never 0."""
+    from pipeline.report.analysis import analyze
+
+    def runs(boots: list[float]) -> list[dict]:
+        return [{"metrics": {"boot_s": b, "host_cpu_s": 1.0, "kworker_cpu_s": 0.1}} for b in boots]
+
+    results = {"run_id": "t", "baseline": "base", "candidate_order": ["base", "reg"], "candidate_specs": {},
+               "settings": {"alpha": 0.01, "min_effect_pct": 5, "bootstrap_resamples": 200},
+               "candidates": {"base": {"status": "ok", "runs": runs([8.1, 8.3, 38.0])},
+                              "reg": {"status": "ok", "runs": runs([149.0, 148.5, 150.2])}}}
+    a = analyze(results)
+    reg = next(r for r in a["rows"] if r["name"] == "reg")
+    assert reg["comparisons"]["boot_s"]["verdict"] == "inconclusive"
+    assert a["regressions"] == [] and a["undecided"] == ["reg"]
+    assert exitcodes.for_analysis(a) == exitcodes.UNDECIDED == 5
+    assert exitcodes.for_bisect(exitcodes.UNDECIDED) == 125

@@ -6,7 +6,7 @@ from collections import Counter
 from typing import Any
 
 from pipeline.records.results import IDENTICAL
-from pipeline.report.stats import FAILED, SLOWER, compare, summarize
+from pipeline.report.stats import FAILED, INCONCLUSIVE, SLOWER, compare, summarize
 
 IDENTICAL_VERDICT = "binary-identical"
 
@@ -18,6 +18,7 @@ METRICS = {
     "kworker_cpu_s": ("kworkers' CPU (SRCU's work, wake-ups included)", "s"),
     "kworker_cpu_per_gp_ms": ("kworkers' CPU per grace period", "ms"),
     "kworker_sleeps_per_gp": ("kworker sleeps per grace period", ""),
+    "kworker_ms_per_sleep": ("kworker CPU between two sleeps (grows with polling)", "ms"),
     "flash_thread_cpu_s": ("updater (flash vCPU) CPU", "s"),
     "spinner_cpu_s": ("reader vCPUs' CPU", "s"),
     "rest_cpu_s": ("rest of the test host's CPU", "s"),
@@ -121,8 +122,11 @@ def analyze(results: dict[str, Any]) -> dict[str, Any]:
     regressions = [r["name"] for r in rows if r["comparisons"].get("boot_s", {}).get("verdict") == SLOWER
                    and r["role"] != "control"]
     failed = [r["name"] for r in rows if r["status"] not in ("ok", "pending", IDENTICAL)]
+    undecided = [r["name"] for r in rows if _undecided_slowdown(r["comparisons"].get("boot_s", {}), min_effect)
+                 and r["role"] != "control"]
     warnings = _artefact_warnings(rows)
     return {"baseline": baseline, "rows": rows, "regressions": regressions, "failed": failed,
+            "undecided": undecided,
             "workloads": extras, "metric_labels": metric_labels(metric_names),
             "reference_kind": ref_kind, "hosts": results.get("hosts", []), "warnings": warnings,
             "alpha": alpha, "min_effect_pct": min_effect, "headline": _headline(rows, baseline)}
@@ -192,6 +196,12 @@ def _on_top_comparisons(row: dict[str, Any], cands: dict[str, Any], specs: dict[
         out.append({"reference": other, **{m: compare(_values(runs, m), _values(ref_runs, m), m, alpha, min_effect,
                                                       resamples).as_dict() for m in COMPARED}})
     return out
+
+
+def _undecided_slowdown(comp: dict[str, Any], min_effect: float) -> bool:
+    """A slowdown of at least the minimum effect that the runs do not decide ("inconclusive"): never a
+    silent pass (its own exit code; `git bisect run` reads it as skip)."""
+    return comp.get("verdict") == INCONCLUSIVE and comp.get("change_pct", math.nan) >= min_effect
 
 
 def _artefact_warnings(rows: list[dict[str, Any]]) -> list[str]:

@@ -116,6 +116,8 @@ def render_text(results: dict[str, Any], metadata: dict[str, Any], analysis: dic
         det = cb.get("detectable_pct")
         if cb["verdict"] in ("no significant change", "inconclusive") and det is not None and not math.isnan(det):
             line += f"; these runs detect boot changes of {det:.0f}% or more"
+        if r["name"] in a.get("undecided", []):
+            line += "; UNDECIDED slowdown (exit code 5): run more repetitions"
         out.extend(textwrap.wrap(line, WIDTH, subsequent_indent="    "))
     if a.get("workloads"):
         out.append("")

@@ -203,6 +203,9 @@ def _grace_period_metrics(raw: dict[str, Any]) -> dict[str, float]:
             # A kworker that sleeps (a delayed work's timer) switches out voluntarily; one that polls
             # (zero-delay requeue) runs on without switching: CPU per sleep grows with polling.
             "kworker_sleeps_per_gp": raw.get("kworker_nvcsw", 0) / gps,
+            # CPU a kworker spends between two sleeps: the wake-up and one work item for a sleeper,
+            # growing with every zero-delay poll for a poller.
+            "kworker_ms_per_sleep": kworker_s * 1e3 / raw["kworker_nvcsw"] if raw.get("kworker_nvcsw") else 0.0,
         }
     if raw.get("params", {}).get("spin_mode") == "block":
         out |= {"reader_blocks": float(raw.get("reader_blocks", 0)),

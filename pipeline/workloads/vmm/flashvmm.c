@@ -508,7 +508,9 @@ static void *serve_main(void *arg)
 		if (stop_spinners)
 			continue;
 		sleep_us(block_gap_us);
-		madvise((void *)page, 4096, MADV_DONTNEED);
+		if (madvise((void *)page, 4096, MADV_DONTNEED))
+			die("madvise(MADV_DONTNEED) (the block reader needs CONFIG_ADVISE_SYSCALLS=y in the test host)");
+		discards++;
 	}
 	return NULL;
 }
@@ -536,7 +538,8 @@ static void *discard_main(void *arg)
 {
 	(void)arg;
 	while (!stop_spinners) {
-		madvise(scratch, SCRATCH_SIZE, MADV_DONTNEED);
+		if (madvise(scratch, SCRATCH_SIZE, MADV_DONTNEED))
+			die("madvise(MADV_DONTNEED) (the fault reader needs CONFIG_ADVISE_SYSCALLS=y in the test host)");
 		discards++;
 		usleep(DISCARD_US);
 	}
