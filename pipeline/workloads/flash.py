@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from pipeline.errors import InfraError, PipelineError
 from pipeline.util.proc import run
 from pipeline.util.yamlreader import Reader
-from pipeline.workloads.accounting import nonidle_s, thread_classes, tick_busy_s
+from pipeline.workloads.accounting import thread_classes, tick_busy_s
 
 SPIN_MODES = ("io", "loop", "cpuid", "fault", "block")
 # Where the VMM's threads run in the test host: flash vCPU and readers on
@@ -130,9 +130,12 @@ def derive_metrics(raw: dict[str, Any]) -> dict[str, float]:
     ru = raw["rusage"]
     vmm_s = (ru["user_us"] + ru["system_us"]) / 1e6
     cls = thread_classes(raw)
-    spin_s, nonidle = cls["readers"], nonidle_s(raw)
+    spin_s, nonidle = cls["readers"], cls["total"]
     upd = raw["update_ns"]
-    return _grace_period_metrics(raw) | {
+    gp = _grace_period_metrics(raw)
+    if gp.get("grace_periods"):
+        gp["host_cpu_per_gp_ms"] = max(0.0, nonidle - spin_s) * 1e3 / gp["grace_periods"]
+    return gp | {
         "boot_s": raw["boot_ns"] / 1e9,
         "flash_s": raw["flash_ns"] / 1e9,
         "setup_s": raw["setup_ns"] / 1e9,
@@ -187,10 +190,7 @@ def _grace_period_metrics(raw: dict[str, Any]) -> dict[str, float]:
     }
     if not gps:
         return out
-    nonidle = nonidle_s(raw)
-    spin_s = sum(s.get("cpu_ns", 0) for s in readers) / 1e9
     out |= {
-        "host_cpu_per_gp_ms": max(0.0, nonidle - spin_s) * 1e3 / gps,
         "kworker_cpu_per_gp_ms": kworker_s * 1e3 / gps,
         # Involuntary switches of the whole VMM (every thread) per grace period.
         "vmm_preempted_per_gp": raw["rusage"].get("nivcsw", 0) / gps,
