@@ -23,6 +23,9 @@ UNDECIDED = 5
 USAGE = 64
 FAILURE = 70
 
+MEASURED = frozenset({OK, REGRESSION, UNDECIDED})
+"""A run that measured every candidate, whatever its verdicts."""
+
 
 def for_analysis(analysis: dict[str, Any]) -> int:
     """The exit code of a finished run: a regression outranks an undecided slowdown, which outranks a

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import TARBALL
 
-from pipeline.workloads.accounting import nonidle_s, tick_busy_s
+from pipeline.workloads.accounting import nonidle_s
 from pipeline.workloads.flash import REMOTE_VMM, Workload, build_vmm, install_vmm, parse_output, run_workload
 
 pytestmark = [pytest.mark.slow,
@@ -27,14 +27,13 @@ def test_exact_host_cpu_measures_known_duty_cycles_within_5_percent(test_host, e
     SRCU's one-jiffy timers make its kworkers). Every wake-up also costs the test host CPU of its own
     (timer interrupt, leaving idle, the switch: about 0.2 ms per wake-up under TCG), the same for both
     controls, which wake equally often; so the known answer is the busy time the 50% control adds to the
-    25% one. The CPU's non-idle time and the thread's own scheduler runtime both move by it within 5%;
-    the kernel's tick samples miss most of either control's work."""
+    25% one. The CPU's non-idle time and the thread's own scheduler runtime both move by it within 5%.
+    What the kernel's tick samples read depends on where the test host's ticks fall against the control's
+    timers (under 5% of the work on this workplace's machine, half of it on CI's): no assertion on them."""
     install_vmm(test_host, build_vmm(e2e_cache))
     quarter, half = _control(test_host, 0.25), _control(test_host, 0.5)
     for raw, duty in ((quarter, 0.25), (half, 0.5)):
         assert raw["busy_ns"] / 1e9 == pytest.approx(duty * raw["stat_window_ns"] / 1e9, rel=0.15)  # as designed
-        # The control is one that tick sampling fails: the estimator it replaces reads well under half.
-        assert tick_busy_s(raw, "cpu1") < 0.5 * raw["busy_ns"] / 1e9, raw
     assert half["periods"] == pytest.approx(quarter["periods"], rel=0.05)  # the same wake-ups
     added = (half["busy_ns"] - quarter["busy_ns"]) / 1e9
     measured = nonidle_s(half, "cpu1") - nonidle_s(quarter, "cpu1")

@@ -18,6 +18,7 @@ import fabric
 import pytest
 from conftest import FRAGMENT, REPO, TARBALL, qemu_pids, small_config
 
+from pipeline import exitcodes
 from pipeline.config import KernelConfig
 from pipeline.stages.slots import slot_path
 
@@ -74,7 +75,7 @@ def test_sigterm_mid_workload_then_resume_keeps_every_counted_run(built_kernel, 
     assert sum(len(v) for v in kept.values()) >= 2
     proc = start_run(cfg, e2e_cache, "--resume", str(run_dir))
     out, _ = proc.communicate(timeout=900)
-    assert proc.returncode in (0, 3), out
+    assert proc.returncode in exitcodes.MEASURED, out
     no_new_qemu(before)
     _, res = results_of(tmp_path)
     assert res["status"] == "finished" and res["resumed"]
@@ -142,7 +143,7 @@ def _sigterm_mid_build_then_resume(before: set[int], frag: Path, e2e_cache: Path
     assert "build" not in res["candidates"]["other"]["stages"]
     proc = start_run(cfg, e2e_cache, "--resume", str(run_dir))
     out, _ = proc.communicate(timeout=1500)
-    assert proc.returncode in (0, 3), out
+    assert proc.returncode in exitcodes.MEASURED, out
     no_new_qemu(before)
     _, res = results_of(tmp_path)
     other = res["candidates"]["other"]
