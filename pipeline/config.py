@@ -91,7 +91,13 @@ class Repetitions:
     warmup: int = 1
     counted: int = 5
     max_counted: int = 5
-    target_ci_pct: float = 0.0  # 0: no adaptive repetitions
+    target_ci_pct: float = 0.0  # 0: no adaptive repetitions by interval width
+    # The sequential rule (pipeline/report/sequential.py): up to `looks` looks at every comparison that
+    # decides the exit code, the first after `counted` rounds; each later look adds a run where it narrows
+    # an undecided comparison most per second, within `budget_s` seconds of test-host time in all and
+    # `max_counted` runs a candidate.  1: a fixed count.
+    looks: int = 1
+    budget_s: float = 0.0
     retries: int = 2
     # A run during which other processes on this machine used more than this many CPUs (averaged over the
     # run) was disturbed: an infrastructure fault, retried and listed with the load. 0: never.
@@ -104,7 +110,6 @@ class ReportSettings:
     base_url: str = ""
     alpha: float = 0.05
     min_effect_pct: float = 5.0
-    bootstrap_resamples: int = 2000
     compare_across_kinds: bool = False  # compare runs made on hosts of different kinds
     reply_from: str = ""  # From: of triage replies; "" means $KPIPE_FROM, then git's user.name/user.email
 
@@ -201,18 +206,24 @@ def load_config(path: str | Path, hosts_file: str | Path | None = None) -> Confi
         "counted": lambda v, p: r.typed(v, p, int, lambda x: 2 <= x <= 1000, "2 (for statistics) to 1000"),
         "max_counted": lambda v, p: r.typed(v, p, int, lambda x: 1 <= x <= 1000, "1 to 1000"),
         "target_ci_pct": lambda v, p: r.typed(v, p, float, lambda x: 0 <= x <= 1000, "0 to 1000"),
+        "looks": lambda v, p: r.typed(v, p, int, lambda x: 1 <= x <= 50, "1 (a fixed count) to 50"),
+        "budget_s": lambda v, p: r.typed(v, p, float, lambda x: 0 <= x <= 86400, "0 to 86400 seconds"),
         "retries": lambda v, p: r.typed(v, p, int, lambda x: 0 <= x <= 10, "0 to 10"),
         "max_foreign_cpus": lambda v, p: r.typed(v, p, float, lambda x: 0 <= x <= 1024,
                                                  "0 (never) to 1024 CPUs"),
     })
     if reps.max_counted < reps.counted:
         reps = dataclasses.replace(reps, max_counted=reps.counted)
+    if reps.looks > 1 and reps.target_ci_pct > 0:
+        raise r.error("repetitions.looks", "give either looks (the sequential rule) or target_ci_pct, not both")
+    if reps.looks > 1 and (reps.max_counted <= reps.counted or reps.budget_s <= 0):
+        raise r.error("repetitions.looks", f"looks: {reps.looks} adds runs only with max_counted above counted "
+                      f"({reps.max_counted} <= {reps.counted}?) and a budget_s above 0 ({reps.budget_s:g}?)")
     report = r.settings(data.get("report"), "report", ReportSettings, {
         "dir": lambda v, p: (root / r.typed(v, p, str)).resolve(),
         "base_url": lambda v, p: r.typed(v, p, str),
         "alpha": lambda v, p: r.typed(v, p, float, lambda x: 0 < x < 1, "between 0 and 1"),
         "min_effect_pct": lambda v, p: r.typed(v, p, float, lambda x: 0 <= x <= 1000, "0 to 1000"),
-        "bootstrap_resamples": lambda v, p: r.typed(v, p, int, lambda x: 100 <= x <= 100000, "100 to 100000"),
         "compare_across_kinds": lambda v, p: r.typed(v, p, bool),
         "reply_from": lambda v, p: r.typed(v, p, str, lambda x: "@" in x and "\n" not in x and "\r" not in x,
                                            "an address such as 'Name <name@example.org>'"),

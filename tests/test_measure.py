@@ -57,16 +57,20 @@ class Script:
 
 
 def make(tmp_path: Path, script: Script, counted: int = 3, retries: int = 2,
-         hosts: int = 1) -> tuple[Measurer, RunFolder, list[Prepared], list[str]]:
+         hosts: int = 1, reps: Repetitions | None = None,
+         boot_s: Any = None) -> tuple[Measurer, RunFolder, list[Prepared], list[str]]:
     import dataclasses
 
     cfg = Config.__new__(Config)
-    object.__setattr__(cfg, "repetitions", Repetitions(warmup=0, counted=counted, max_counted=counted,
-                                                        retries=retries))
+    object.__setattr__(cfg, "repetitions", reps or Repetitions(warmup=0, counted=counted, max_counted=counted,
+                                                               retries=retries))
     object.__setattr__(cfg, "workload", Workload(cycles=10))
+    object.__setattr__(cfg, "baseline", next(iter(script.plans)))
     object.__setattr__(cfg, "test_host", dataclasses.make_dataclass("TH", [("cpus", int)])(2))
-    object.__setattr__(cfg, "report", dataclasses.make_dataclass("R", [("bootstrap_resamples", int)])(200))
+    object.__setattr__(cfg, "report", dataclasses.make_dataclass("R", [("alpha", float), ("min_effect_pct", float)])(
+        0.05, 5.0))
     folder = RunFolder.create(tmp_path / "runs")
+    folder.update(candidate_order=list(script.plans), candidate_specs={n: {"role": ""} for n in script.plans})
     failures: list[str] = []
     current: dict[int, str] = {}
 
@@ -84,6 +88,7 @@ def make(tmp_path: Path, script: Script, counted: int = 3, retries: int = 2,
         if step == "ssh":
             raise EOFError("SSH session closed")
         current[threading.get_ident()] = step
+        current[("name", threading.get_ident())] = name  # type: ignore[index]
         run_dir.mkdir(parents=True, exist_ok=True)
         yield FakeHost(run_dir / f"{tag}.console.log")
 
@@ -93,7 +98,8 @@ def make(tmp_path: Path, script: Script, counted: int = 3, retries: int = 2,
             raise WorkloadFailed("workload watchdog fired after 600 s", "{}", infrastructure=True)
         if step == "guest":
             raise WorkloadFailed("workload reported guest-failed", "{}", infrastructure=False)
-        return WorkloadResult({"status": "ok"}, {"boot_s": 1.0, "host_cpu_s": 0.5, "updates": 20.0})
+        value = boot_s(current.get(("name", threading.get_ident()))) if boot_s else 1.0
+        return WorkloadResult({"status": "ok"}, {"boot_s": value, "host_cpu_s": 0.5, "updates": 20.0})
 
     def fail(prep: Prepared, stage: str, status: str, message: str, excerpt: str, extra: Any = None) -> None:
         prep.alive = False
@@ -277,3 +283,30 @@ def test_a_disturbed_run_is_retried_and_listed_with_its_load(tmp_path: Path) -> 
         m._check_disturbed(HostLoad(10.0, 12.0, 0.0))
     m._check_disturbed(HostLoad(10.0, 2.0, 0.0))  # 0.2 CPUs: counted
     m._check_disturbed(None)  # a pool host: not measured here
+
+
+def test_sequential_rule_adds_runs_where_they_are_cheap_and_stops_when_decided(tmp_path: Path) -> None:
+    """Three runs a side leave a noisy 30% slowdown undecided at the family's level; the rule adds runs
+    (to both sides here: same cost), up to max_counted, records why, and the verdict is reached."""
+    import numpy as np
+
+    rng = np.random.default_rng(4)
+    reps = Repetitions(warmup=0, counted=3, max_counted=12, looks=4, budget_s=1000, retries=0)
+    script = Script({"base": ["ok"], "slow": ["ok"]})
+
+    first = {"base": [1.0, 1.3, 0.8], "slow": [1.2, 1.5, 1.05]}  # overlapping: undecided after look 1
+
+    def boot_s(name: str | None) -> float:
+        if first[str(name)]:
+            return first[str(name)].pop(0)
+        return float(np.exp(rng.normal(0.3 if name == "slow" else 0.0, 0.1)))
+
+    m, folder, preps, _ = make(tmp_path, script, reps=reps, boot_s=boot_s)
+    m.measure_all(preps, None, Path("/nonexistent"))  # type: ignore[arg-type]
+    seq = folder.results["sequential"]
+    n = {c: len(folder.candidate(c)["runs"]) for c in ("base", "slow")}
+    assert seq["looks"] == 4 and 1 < seq["looks_made"] <= 4 and 0 < seq["spent_s"] <= 1000
+    assert 3 < n["base"] <= 12 and 3 < n["slow"] <= 12
+    assert "slow vs base" in seq["reasons"] and "looks" in folder.candidate("slow")["stop_reason"]
+    rounds = sorted(r["round"] for r in folder.candidate("base")["runs"])
+    assert rounds == list(range(len(rounds)))  # every added run in a round of its own number

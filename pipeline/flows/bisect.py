@@ -25,6 +25,7 @@ from typing import Any
 from pipeline.config import Candidate, Config, Repetitions
 from pipeline.errors import UserError
 from pipeline.records.results import IDENTICAL, new_run_id, write_json_atomic, write_text_atomic
+from pipeline.report.stats import SMALL
 from pipeline.stages.fetch import fetch_tree
 from pipeline.util.gitutil import git
 
@@ -82,7 +83,7 @@ def decide(verdict: str, bad_word: str, rounds: int, max_rounds: int, step_media
     """good / bad from a step's verdict against the good end; None means measure more rounds."""
     if verdict == bad_word:
         return BAD, f"{bad_word} than the good end"
-    if verdict in ("no significant change", "binary-identical"):
+    if verdict in ("no significant change", "binary-identical", SMALL):
         return GOOD, "no significant change from the good end" if verdict != "binary-identical" else \
             "binary-identical to the good end's kernel"
     if verdict in ("faster", "slower", "lower", "higher", "less CPU", "more CPU"):
@@ -182,7 +183,10 @@ class Bisector:
         trees = {"good": dataclasses.replace(self.tree, name="good", git=str(self.store), ref=self.good,
                                              tarball=None),
                  "step": dataclasses.replace(self.tree, name="step", git=str(self.store), ref=sha, tarball=None)}
-        reps = Repetitions(warmup=0, counted=rounds, max_counted=rounds, target_ci_pct=0,
+        # Every step may be looked at after start_rounds, +2, ... up to max_rounds: the verdicts are tested
+        # at the level that keeps the chance of a false one over all those looks at most alpha.
+        looks = 1 + math.ceil((self.max_rounds - self.start_rounds) / 2)
+        reps = Repetitions(warmup=0, counted=rounds, max_counted=rounds, target_ci_pct=0, looks=looks,
                            retries=self.cfg.repetitions.retries)
         return dataclasses.replace(self.cfg, trees=trees, baseline="good",
                                    candidates=(Candidate("good", "good"), Candidate("step", "step")),

@@ -6,7 +6,7 @@ from collections import Counter
 from typing import Any
 
 from pipeline.records.results import IDENTICAL
-from pipeline.report.stats import FAILED, INCONCLUSIVE, SLOWER, compare, summarize
+from pipeline.report.stats import FAILED, INCONCLUSIVE, NO_CHANGE, SLOWER, SMALL, compare, family_level, summarize
 
 IDENTICAL_VERDICT = "binary-identical"
 
@@ -61,16 +61,18 @@ def analyze(results: dict[str, Any]) -> dict[str, Any]:
     settings = results.get("settings", {})
     alpha = float(settings.get("alpha", 0.05))
     min_effect = float(settings.get("min_effect_pct", 5.0))
-    resamples = int(settings.get("bootstrap_resamples", 2000))
     baseline = results.get("baseline", "")
     cands = results.get("candidates", {})
     order = results.get("candidate_order") or list(cands)
     ref_kind = reference_kind(results)
+    specs = results.get("candidate_specs", {})
+    family = decision_family(order, specs, baseline)
+    looks = int(settings.get("looks", 1))
+    level = family_level(alpha, len(family), looks)
 
     def usable(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return runs if ref_kind is None else [r for r in runs if r.get("host_kind") == ref_kind]
 
-    specs = results.get("candidate_specs", {})
     extras = [w for w in results.get("workloads", []) if isinstance(w, dict) and w.get("headline")]
     compared = COMPARED + tuple(w["headline"] for w in extras)
     metric_names = list(METRICS) + sorted({m for c in cands.values() for r in c.get("runs", [])
@@ -84,7 +86,7 @@ def analyze(results: dict[str, Any]) -> dict[str, Any]:
         c = cands.get(name, {"status": "pending", "runs": []})
         all_runs = c.get("runs", [])
         runs = usable(all_runs)
-        summaries = {m: summarize(_values(runs, m), resamples) for m in metric_names}
+        summaries = {m: summarize(_values(runs, m), 1.0 - level) for m in metric_names}
         comparisons = {}
         ok = c.get("status") == "ok" and len(runs) > 0
         for m in compared:
@@ -97,8 +99,7 @@ def analyze(results: dict[str, Any]) -> dict[str, Any]:
                 comparisons[m] = {"change_pct": math.nan, "change_ci_low": math.nan, "change_ci_high": math.nan,
                                   "p_value": math.nan, "verdict": FAILED}
             else:
-                comparisons[m] = compare(_values(runs, m), _values(base_runs, m), m, alpha, min_effect,
-                                         resamples).as_dict()
+                comparisons[m] = compare(_values(runs, m), _values(base_runs, m), m, level, min_effect).as_dict()
         rows.append({
             "name": name,
             "is_baseline": name == baseline,
@@ -118,7 +119,7 @@ def analyze(results: dict[str, Any]) -> dict[str, Any]:
     for r in rows:
         r["agreement"] = [_agreement(r, w) for w in extras] if not r["is_baseline"] else []
     for r in rows:
-        r["on_top_of"] = _on_top_comparisons(r, cands, specs, usable, alpha, min_effect, resamples)
+        r["on_top_of"] = _on_top_comparisons(r, cands, specs, usable, level, min_effect)
     regressions = [r["name"] for r in rows if r["comparisons"].get("boot_s", {}).get("verdict") == SLOWER
                    and r["role"] != "control"]
     failed = [r["name"] for r in rows if r["status"] not in ("ok", "pending", IDENTICAL)]
@@ -129,7 +130,20 @@ def analyze(results: dict[str, Any]) -> dict[str, Any]:
             "undecided": undecided,
             "workloads": extras, "metric_labels": metric_labels(metric_names),
             "reference_kind": ref_kind, "hosts": results.get("hosts", []), "warnings": warnings,
-            "alpha": alpha, "min_effect_pct": min_effect, "headline": _headline(rows, baseline)}
+            "alpha": alpha, "level": level, "family": family, "looks": looks, "min_effect_pct": min_effect,
+            "ci_label": ci_label(level), "sequential": results.get("sequential", {}),
+            "headline": _headline(rows, baseline)}
+
+
+def ci_label(level: float) -> str:
+    """The change intervals' coverage, as a heading says it: 99.5%, 99.75%, 95%."""
+    return f"{100.0 * (1.0 - level):.4g}%"
+
+
+def decision_family(order: list[str], specs: dict[str, Any], baseline: str) -> list[str]:
+    """The candidates whose boot-time verdicts decide the exit code (all but the baseline and the
+    controls), fixed by the config before any run: the family the level is corrected for."""
+    return [n for n in order if n != baseline and specs.get(n, {}).get("role", "") != "control"]
 
 
 def metric_labels(names: list[str]) -> dict[str, tuple[str, str]]:
@@ -149,7 +163,7 @@ def _direction(verdict: str) -> int | None:
         return 1
     if verdict in ("faster", "lower", "less CPU"):
         return -1
-    if verdict == "no significant change":
+    if verdict in (NO_CHANGE, SMALL):
         return 0
     return None
 
@@ -173,7 +187,7 @@ def _agreement(row: dict[str, Any], w: dict[str, Any]) -> dict[str, Any]:
 
 
 def _on_top_comparisons(row: dict[str, Any], cands: dict[str, Any], specs: dict[str, Any], usable: Any,
-                        alpha: float, min_effect: float, resamples: int) -> list[dict[str, Any]]:
+                        level: float, min_effect: float) -> list[dict[str, Any]]:
     """Comparisons with every other candidate this one is built on: same tree and workload, and its changes
     a part of this one's (the KVM path on top of the regression against the regression: does it undo it?)."""
     name = row["name"]
@@ -193,8 +207,8 @@ def _on_top_comparisons(row: dict[str, Any], cands: dict[str, Any], specs: dict[
         if ref.get("status") != "ok":
             continue
         runs, ref_runs = usable(cands[name].get("runs", [])), usable(ref.get("runs", []))
-        out.append({"reference": other, **{m: compare(_values(runs, m), _values(ref_runs, m), m, alpha, min_effect,
-                                                      resamples).as_dict() for m in COMPARED}})
+        out.append({"reference": other, **{m: compare(_values(runs, m), _values(ref_runs, m), m, level,
+                                                      min_effect).as_dict() for m in COMPARED}})
     return out
 
 

@@ -15,6 +15,7 @@ from pipeline.errors import UserError
 from pipeline.records.results import read_results, write_json_atomic, write_text_atomic
 from pipeline.report.analysis import METRICS, analyze, fmt_num, fmt_p, is_number
 from pipeline.report.publish import labels, local_path, publishable
+from pipeline.report.stats import SMALL
 
 TEMPLATES = Path(__file__).parent / "templates"
 WIDTH = 72
@@ -38,6 +39,8 @@ def template_env() -> jinja2.Environment:
     env.filters["pval"] = fmt_p
     env.filters["href"] = safe_href
     env.filters["pct"] = _pct
+    env.filters["pct0"] = lambda v: f"{100.0 * v:.0f}%" if is_number(v) else "unknown"
+    env.globals["small"] = SMALL
     return env
 
 
@@ -92,10 +95,11 @@ def render_text(results: dict[str, Any], metadata: dict[str, Any], analysis: dic
         out.append(f"{name:<21} {r['n']:>2} {fmt_num(b['median']):>7} {chg:>8} {pv:>7} "
                    f"{fmt_num(cpu['median']):>6} {cchg:>8} {fmt_num(r['summaries']['gp_ms']['median'], 3):>6}")
     out.append("")
-    tests = sorted({c.get("test", "") for r in a["rows"] for c in r["comparisons"].values() if c.get("test")})
-    para(f"Verdicts ({' / '.join(_TEST_NAMES.get(t, t) for t in tests) or 'no test run'}, two-sided, "
-         f"alpha {a['alpha']:.2f}, min effect {a['min_effect_pct']:.0f}%; medians with bootstrap 95% "
-         f"intervals; each against the baseline unless 'vs' says otherwise):")
+    para(f"Verdicts (t-test on log times, the more cautious of Welch's and the pooled, two-sided; each at "
+         f"level {a['level']:.3g} = alpha {a['alpha']:g} / {len(a['family'])} candidates deciding the exit code / "
+         f"{a['looks']} look{'s' if a['looks'] != 1 else ''}; min effect {a['min_effect_pct']:.0f}%; change = "
+         f"ratio of geometric means, with its {a['ci_label']} interval; each against the baseline unless 'vs' "
+         f"says otherwise):")
     for r in a["rows"]:
         if r["is_baseline"]:
             continue
@@ -113,12 +117,20 @@ def render_text(results: dict[str, Any], metadata: dict[str, Any], analysis: dic
                 f"[{_pct(cb['change_ci_low'])}, {_pct(cb['change_ci_high'])}], "
                 f"host CPU {cc['verdict']} {_pct(cc['change_pct'])} "
                 f"[{_pct(cc['change_ci_low'])}, {_pct(cc['change_ci_high'])}]")
-        det = cb.get("detectable_pct")
-        if cb["verdict"] in ("no significant change", "inconclusive") and det is not None and not math.isnan(det):
-            line += f"; these runs detect boot changes of {det:.0f}% or more"
+        up, down = cb.get("detectable_pct"), cb.get("detectable_down_pct")
+        if cb["verdict"] in ("no significant change", "inconclusive") and is_number(up):
+            either = f" or -{down:.0f}%" if is_number(down) else ""
+            line += f"; these runs detect boot changes of +{up:.0f}%{either} or more"
         if r["name"] in a.get("undecided", []):
             line += "; UNDECIDED slowdown (exit code 5): run more repetitions"
         out.extend(textwrap.wrap(line, WIDTH, subsequent_indent="    "))
+    seq = a.get("sequential") or {}
+    if seq:
+        runs = ", ".join(f"{r['name']} {r['n']}" for r in a["rows"] if r["status"] == "ok")
+        para(f"Runs: the sequential rule made {seq.get('looks_made')} of {seq.get('looks')} looks and spent "
+             f"{seq.get('spent_s', 0):.0f} of {seq.get('budget_s', 0):.0f} s on extra runs ({runs}).")
+        for key, why in (seq.get("reasons") or {}).items():
+            out.extend(textwrap.wrap(f"  {key}: {why}", WIDTH, subsequent_indent="    "))
     if a.get("workloads"):
         out.append("")
         for w in a["workloads"]:
@@ -188,7 +200,6 @@ def _machines_line(a: dict[str, Any]) -> str:
     return text
 
 
-_TEST_NAMES = {"mann-whitney": "Mann-Whitney U", "welch-log": "Welch's t on log times", "welch": "Welch's t"}
 
 
 def _pct(v: float | None) -> str:
