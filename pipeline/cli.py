@@ -172,11 +172,18 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return exitcodes.FAILURE if problems else exitcodes.OK
 
 
+def _censor_factor(text: str) -> float:
+    value = float(text)
+    if not (value == 0 or 1.5 <= value <= 1000):
+        raise argparse.ArgumentTypeError("0 (never) or 1.5 to 1000")
+    return value
+
+
 def cmd_triage(args: argparse.Namespace) -> int:
     from pipeline.flows.triage import run_triage
 
     cfg = load_config(args.config, args.hosts)
-    t = run_triage(cfg, args.source, _progress(args), bisect=args.bisect)
+    t = run_triage(cfg, args.source, _progress(args), bisect=args.bisect, censor=args.censor)
     print(clean(t.first_paragraph))  # it quotes the build's or the console's output
     for w in t.warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -246,6 +253,9 @@ def _parser() -> argparse.ArgumentParser:
     tri.add_argument("source", help="an mbox file, a maildir message file, or a Message-ID (fetched with b4)")
     tri.add_argument("--bisect", action="store_true", help="when a series of several patches regresses, bisect "
                                                           "it to the patch that does")
+    tri.add_argument("--censor", type=_censor_factor, default=4.0, metavar="K",
+                     help="stop a run of the series at K times the baseline's median boot and read it as 'at "
+                          "least' (default 4; 0 measures every run to its end, host CPU included)")
     bis = add("bisect", cmd_bisect, "find the first commit between a good and a bad revision whose measurement "
                                     "differs from the good end's", [config, hosts])
     bis.add_argument("--good", required=True, help="a revision measured as good (commit, tag, branch)")

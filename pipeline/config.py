@@ -98,6 +98,9 @@ class Repetitions:
     # `max_counted` runs a candidate.  1: a fixed count.
     looks: int = 1
     budget_s: float = 0.0
+    # > 0: a run stops once it has taken this many times its reference's median boot, and counts as
+    # "at least" that (a censored run: only a slowdown can be read from it, and no host CPU). 0: never.
+    censor_factor: float = 0.0
     retries: int = 2
     # A run during which other processes on this machine used more than this many CPUs (averaged over the
     # run) was disturbed: an infrastructure fault, retried and listed with the load. 0: never.
@@ -208,6 +211,8 @@ def load_config(path: str | Path, hosts_file: str | Path | None = None) -> Confi
         "target_ci_pct": lambda v, p: r.typed(v, p, float, lambda x: 0 <= x <= 1000, "0 to 1000"),
         "looks": lambda v, p: r.typed(v, p, int, lambda x: 1 <= x <= 50, "1 (a fixed count) to 50"),
         "budget_s": lambda v, p: r.typed(v, p, float, lambda x: 0 <= x <= 86400, "0 to 86400 seconds"),
+        "censor_factor": lambda v, p: r.typed(v, p, float, lambda x: x == 0 or 1.5 <= x <= 1000,
+                                              "0 (never) or 1.5 to 1000"),
         "retries": lambda v, p: r.typed(v, p, int, lambda x: 0 <= x <= 10, "0 to 10"),
         "max_foreign_cpus": lambda v, p: r.typed(v, p, float, lambda x: 0 <= x <= 1024,
                                                  "0 (never) to 1024 CPUs"),

@@ -86,6 +86,17 @@ def test_fault_reader_and_shared_placement_run(test_host, e2e_cache: Path) -> No
     assert raw["discards"] > 0 and raw["spinners_detail"][0]["kvm_exits"] > 0
 
 
+def test_censored_run_stops_at_its_limit_and_reads_as_at_least(test_host, e2e_cache: Path) -> None:
+    """A boot far longer than its censor limit stops there: the record says censored and gives the time
+    it ran (a lower bound of the boot), and the updates it got through."""
+    install_vmm(test_host, build_vmm(e2e_cache))
+    w = Workload(cycles=1000000, spinners=1, timeout_s=240, censor_s=1.5)
+    result = run_workload(test_host, w, 2)
+    assert result.censored and result.raw["status"] == "censored" and "--censor-ms" in result.argv
+    assert 1.5 <= result.metrics["boot_s"] < 30 and 0 < result.metrics["updates"] < 2 * 1000000
+    assert "host_cpu_s" not in result.metrics  # nothing but the lower bound is claimed
+
+
 def test_dropped_config_option_fails_with_its_dependency(fetched, e2e_cache: Path, tmp_path: Path) -> None:
     frag = tmp_path / "needs-ext4.config"
     frag.write_text("CONFIG_EXT4_FS_SECURITY=y\n")

@@ -99,6 +99,8 @@ def make(tmp_path: Path, script: Script, counted: int = 3, retries: int = 2,
         if step == "guest":
             raise WorkloadFailed("workload reported guest-failed", "{}", infrastructure=False)
         value = boot_s(current.get(("name", threading.get_ident()))) if boot_s else 1.0
+        if 0 < w.censor_s < value:  # as flashvmm --censor-ms: stopped at the limit
+            return WorkloadResult({"status": "censored"}, {"boot_s": w.censor_s, "updates": 5.0}, censored=True)
         return WorkloadResult({"status": "ok"}, {"boot_s": value, "host_cpu_s": 0.5, "updates": 20.0})
 
     def fail(prep: Prepared, stage: str, status: str, message: str, excerpt: str, extra: Any = None) -> None:
@@ -310,3 +312,22 @@ def test_sequential_rule_adds_runs_where_they_are_cheap_and_stops_when_decided(t
     assert "slow vs base" in seq["reasons"] and "looks" in folder.candidate("slow")["stop_reason"]
     rounds = sorted(r["round"] for r in folder.candidate("base")["runs"])
     assert rounds == list(range(len(rounds)))  # every added run in a round of its own number
+
+
+def test_censored_runs_stop_at_the_factor_and_still_call_the_slowdown(tmp_path: Path) -> None:
+    """censor_factor 4: once the reference has a run, a candidate's run stops at 4x its median; the
+    record says so and the report reads the slowdown as 'at least'."""
+    from pipeline.report.analysis import analyze
+
+    reps = Repetitions(warmup=0, counted=3, max_counted=3, censor_factor=4.0, retries=0)
+    script = Script({"base": ["ok"], "slow": ["ok"]})
+    values = {"base": [1.0, 1.05, 0.95], "slow": [30.0, 31.0, 29.0]}
+    m, folder, preps, _ = make(tmp_path, script, reps=reps, boot_s=lambda name: values[str(name)].pop(0))
+    m.measure_all(preps, None, Path("/nonexistent"))  # type: ignore[arg-type]
+    runs = folder.candidate("slow")["runs"]
+    censored = [r for r in runs if r["censored"]]
+    assert censored and all(r["metrics"]["boot_s"] <= 4.0 * 1.05 for r in censored)
+    assert not any(r["censored"] for r in folder.candidate("base")["runs"])
+    folder.update(baseline="base", settings={"alpha": 0.05, "min_effect_pct": 5.0})
+    comp = analyze(folder.results)["rows"][1]["comparisons"]["boot_s"]
+    assert comp["verdict"] == "slower" and comp["censored"] == len(censored) and comp["change_pct"] > 200

@@ -7,7 +7,16 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from pipeline.report.stats import INCONCLUSIVE, NO_CHANGE, SMALL, compare, family_level, median_interval, summarize
+from pipeline.report.stats import (
+    INCONCLUSIVE,
+    NO_CHANGE,
+    SMALL,
+    compare,
+    compare_censored,
+    family_level,
+    median_interval,
+    summarize,
+)
 
 
 def test_median_and_degenerate_interval() -> None:
@@ -104,3 +113,18 @@ def test_zero_values_fall_back_to_welch_on_raw_values() -> None:
 def test_family_level_is_bonferroni_over_comparisons_and_looks() -> None:
     assert family_level(0.05, 4) == 0.0125 and family_level(0.05, 4, 3) == pytest.approx(0.05 / 12)
     assert family_level(0.05, 0) == 0.05  # no family (only a baseline): the level itself
+
+
+def test_censored_runs_read_only_as_at_least_slower() -> None:
+    """Runs stopped at 4x the reference give lower bounds: enough to call a slowdown ("at least"), never
+    enough to call anything else."""
+    ref = [8.1, 7.6, 8.9]
+    stopped = [32.4, 32.5, 32.4]
+    c = compare_censored(stopped, ref, [True] * 3, [False] * 3, alpha=0.01)
+    assert c.verdict == "slower" and c.censored == 3 and math.isinf(c.change_ci_high) and c.change_pct > 280
+    # The same lower bounds cannot say "no change" or "faster": a candidate stopped early is not fast.
+    assert compare_censored([8.3, 8.0, 8.6], ref, [True, False, False], [False] * 3).verdict == INCONCLUSIVE
+    # Lower bounds on the reference's side can show the candidate faster.
+    f = compare_censored([6.0, 6.1, 5.9], stopped, [False] * 3, [True] * 3, alpha=0.01)
+    assert f.verdict == "faster" and f.change_ci_low == -100.0 and f.censored == 3
+    assert compare_censored(stopped, ref, [False] * 3, [False] * 3) == compare(stopped, ref)

@@ -231,16 +231,29 @@ def test_outcome_quotes_the_failure(small_repo: Path, tmp_path: Path, status: st
 
 
 @pytest.mark.parametrize("verdict,word", [("slower", "regresses"), ("faster", "improves"),
-                                          ("no significant change", "makes no significant change to")])
+                                          ("no significant change", "makes no significant change to"),
+                                          ("inconclusive", "may change (undecided)")])
 def test_outcome_verdict_words(small_repo: Path, tmp_path: Path, verdict: str, word: str) -> None:
     from pipeline.flows.triage import outcome
 
     series = parse_series(make_mbox(small_repo, tmp_path), tmp_path / "work")
-    comp = {"boot_s": {"verdict": verdict, "change_pct": 12.0, "p_value": 0.01},
+    comp = {"boot_s": {"verdict": verdict, "change_pct": 12.0, "change_ci_low": 3.0, "change_ci_high": 21.5,
+                       "p_value": 0.01},
             "host_cpu_s": {"verdict": "less CPU", "change_pct": -3.0}}
     text = outcome({"candidates": {"s": {"status": "ok"}}}, {"rows": [{"name": "s", "comparisons": comp}]}, "s",
                    series)
-    assert text.startswith(f"The series {word} the guest boot time: +12.0% (p = 0.0100)")
+    assert text.startswith(f"The series {word} the guest boot time: +12.0% [+3.0%, +21.5%] (p = 0.0100)")
+
+
+def test_outcome_of_censored_runs_is_a_lower_bound(small_repo: Path, tmp_path: Path) -> None:
+    from pipeline.flows.triage import outcome
+
+    series = parse_series(make_mbox(small_repo, tmp_path), tmp_path / "work")
+    comp = {"boot_s": {"verdict": "slower", "change_pct": 300.0, "p_value": 0.0001, "censored": 3},
+            "host_cpu_s": {"verdict": "too few runs"}}
+    text = outcome({"candidates": {"s": {"status": "ok"}}, "settings": {"censor_factor": 4.0}},
+                   {"rows": [{"name": "s", "n": 3, "comparisons": comp}]}, "s", series)
+    assert "regresses the guest boot time: at least +300.0%" in text and "stopped at 4x" in text
 
 
 @pytest.mark.parametrize("mbox", sorted((Path(__file__).parent / "data" / "hostile").glob("*.mbox")),

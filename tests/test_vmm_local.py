@@ -84,6 +84,12 @@ def test_watchdog_reports_a_timeout(vmm: Path) -> None:
     assert code == 3 and data["status"] == "timeout" and data["updates_done"] > 0
 
 
+def test_censor_stops_the_boot_and_says_when(vmm: Path) -> None:
+    code, data = run_vmm(vmm, "--cycles", "100000000", "--spinners", "0", "--censor-ms", "700")
+    assert code == 4 and data["status"] == "censored" and data["censored_ns"] >= 700_000_000
+    assert data["updates_done"] > 0
+
+
 def test_usage_error_on_bad_arguments(vmm: Path) -> None:
     res = subprocess.run([str(vmm), "--cycles", "0"], capture_output=True, text=True, timeout=10)
     assert res.returncode == 1 and "usage" in res.stderr

@@ -89,8 +89,11 @@ def lkp_table(results: dict[str, Any], base: str, cand: str, extra_metrics: tupl
         b, c = _values(results, base, metric), _values(results, cand, metric)
         if not b and not c:
             continue
+        # Runs stopped unfinished (censored) give lower bounds: the series' side is then "at least".
+        least = ">=" if any(r.get("censored") for r in results["candidates"].get(cand, {}).get("runs", [])
+                            if metric in r.get("metrics", {})) else ""
         if b and c and statistics.median(b):
-            chg = f"{100 * (statistics.median(c) / statistics.median(b) - 1):+.1f}%"
+            chg = f"{least}{100 * (statistics.median(c) / statistics.median(b) - 1):+.1f}%"
         else:
             chg = ""
         out.append(_cut(f"{_side(b)} {chg:>9} {_side(c)}  {label}"))

@@ -29,9 +29,14 @@ def _slug(subject: str) -> str:
     s = re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-.").lower()
     return ("series-" + s)[:64].rstrip("-.") or "series"
 
-def triage_config(cfg: Config, series: Series) -> tuple[Config, str]:
+TRIAGE_CENSOR = 4.0  # a series' run stops at 4x the baseline's median boot: "at least 4x slower" answers
+
+
+def triage_config(cfg: Config, series: Series, censor: float = TRIAGE_CENSOR) -> tuple[Config, str]:
     """A config with the baseline and one candidate: the series on the baseline's tree
-    (or on the series' base-commit when the object store has it)."""
+    (or on the series' base-commit when the object store has it).  The series' runs stop at `censor`
+    times the baseline's median boot (0: never), so a regression answers in the time of a few
+    baseline boots instead of minutes a run."""
     base = cfg.candidate(cfg.baseline)
     tree_name = base.tree
     trees = dict(cfg.trees)
@@ -53,7 +58,8 @@ def triage_config(cfg: Config, series: Series) -> tuple[Config, str]:
                      description=series.subject)
     # Code from a mailing list: its build always runs confined, whatever the config says.
     kernel = dataclasses.replace(cfg.kernel, sandbox=True)
-    return dataclasses.replace(cfg, trees=trees, candidates=(base, cand), kernel=kernel), note
+    reps = dataclasses.replace(cfg.repetitions, censor_factor=censor)
+    return dataclasses.replace(cfg, trees=trees, candidates=(base, cand), kernel=kernel, repetitions=reps), note
 
 def outcome(results: dict[str, Any], analysis: dict[str, Any], cand: str, series: Series) -> str:
     """The one paragraph a maintainer reads first."""
@@ -84,9 +90,19 @@ def outcome(results: dict[str, Any], analysis: dict[str, Any], cand: str, series
     row = next(r for r in analysis["rows"] if r["name"] == cand)
     b = row["comparisons"].get("boot_s", {})
     cpu = row["comparisons"].get("host_cpu_s", {})
-    word = {"slower": "regresses", "faster": "improves"}.get(b.get("verdict", ""), "makes no significant change to")
-    return (f"The series {word} the guest boot time: {b.get('change_pct', float('nan')):+.1f}% "
-            f"(p = {b.get('p_value', float('nan')):.4f}); host CPU {cpu.get('change_pct', float('nan')):+.1f}% "
+    nan = float("nan")
+    verdict = b.get("verdict", "")
+    word = {"slower": "regresses", "faster": "improves", "inconclusive": "may change (undecided)"}.get(
+        verdict, "makes no significant change to")
+    if b.get("censored"):
+        factor = results.get("settings", {}).get("censor_factor") or TRIAGE_CENSOR
+        return (f"The series {word} the guest boot time: at least {b.get('change_pct', nan):+.1f}% "
+                f"(p = {b.get('p_value', nan):.4f}; {b['censored']} of its {row['n']} runs were stopped at "
+                f"{factor:g}x the baseline's median boot, so that is a lower bound, and their host CPU was "
+                f"not measured).")
+    return (f"The series {word} the guest boot time: {b.get('change_pct', nan):+.1f}% "
+            f"[{b.get('change_ci_low', nan):+.1f}%, {b.get('change_ci_high', nan):+.1f}%] "
+            f"(p = {b.get('p_value', nan):.4f}); host CPU {cpu.get('change_pct', nan):+.1f}% "
             f"({cpu.get('verdict')}).")
 
 @dataclass(frozen=True)
@@ -124,7 +140,8 @@ def bisect_series(cfg: Config, results: dict[str, Any], cand: str, series: Serie
             f"regresses: \"{patch.subject}\" ({r.first_bad[:12]}); bisection report: {out / 'index.html'}.")
 
 
-def run_triage(cfg: Config, source: str, progress: Any = None, bisect: bool = False) -> TriageResult:
+def run_triage(cfg: Config, source: str, progress: Any = None, bisect: bool = False,
+               censor: float = TRIAGE_CENSOR) -> TriageResult:
     """Evaluate a posted series against the baseline: parse it, run both, render the report and the reply.
     With `bisect`, a series of several patches that regresses is bisected to the patch that does it."""
     from pipeline.records.results import new_run_id
@@ -140,7 +157,7 @@ def run_triage(cfg: Config, source: str, progress: Any = None, bisect: bool = Fa
     except UserError:
         shutil.rmtree(workdir, ignore_errors=True)  # nothing was evaluated: leave nothing behind
         raise
-    tcfg, note = triage_config(cfg, series)
+    tcfg, note = triage_config(cfg, series, censor)
     cand = tcfg.candidates[1].name
     progress = progress or Progress()
     progress.say("triage", cand, f"{len(series.patches)} patch(es), {note}"

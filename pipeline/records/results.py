@@ -50,6 +50,7 @@ class RunRecord:
     metrics: dict[str, float]
     argv: list[str] = field(default_factory=list)
     host_load: dict[str, float] | None = None  # machines.load: what other processes used during the run
+    censored: bool = False  # stopped at repetitions.censor_factor x its reference: metrics["boot_s"] is "at least"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -6,7 +6,16 @@ from collections import Counter
 from typing import Any
 
 from pipeline.records.results import IDENTICAL
-from pipeline.report.stats import FAILED, INCONCLUSIVE, NO_CHANGE, SLOWER, SMALL, compare, family_level, summarize
+from pipeline.report.stats import (
+    FAILED,
+    INCONCLUSIVE,
+    NO_CHANGE,
+    SLOWER,
+    SMALL,
+    compare_censored,
+    family_level,
+    summarize,
+)
 
 IDENTICAL_VERDICT = "binary-identical"
 
@@ -39,6 +48,16 @@ COMPARED = ("boot_s", "host_cpu_s")
 
 def _values(runs: list[dict[str, Any]], metric: str) -> list[float]:
     return [float(r["metrics"][metric]) for r in runs if metric in r.get("metrics", {})]
+
+
+def _censored(runs: list[dict[str, Any]], metric: str) -> list[bool]:
+    return [bool(r.get("censored")) for r in runs if metric in r.get("metrics", {})]
+
+
+def _compare(runs: list[dict[str, Any]], ref_runs: list[dict[str, Any]], metric: str, level: float,
+             min_effect: float) -> dict[str, Any]:
+    return compare_censored(_values(runs, metric), _values(ref_runs, metric), _censored(runs, metric),
+                            _censored(ref_runs, metric), metric, level, min_effect).as_dict()
 
 
 def reference_kind(results: dict[str, Any]) -> str | None:
@@ -99,7 +118,7 @@ def analyze(results: dict[str, Any]) -> dict[str, Any]:
                 comparisons[m] = {"change_pct": math.nan, "change_ci_low": math.nan, "change_ci_high": math.nan,
                                   "p_value": math.nan, "verdict": FAILED}
             else:
-                comparisons[m] = compare(_values(runs, m), _values(base_runs, m), m, level, min_effect).as_dict()
+                comparisons[m] = _compare(runs, base_runs, m, level, min_effect)
         rows.append({
             "name": name,
             "is_baseline": name == baseline,
@@ -207,8 +226,7 @@ def _on_top_comparisons(row: dict[str, Any], cands: dict[str, Any], specs: dict[
         if ref.get("status") != "ok":
             continue
         runs, ref_runs = usable(cands[name].get("runs", [])), usable(ref.get("runs", []))
-        out.append({"reference": other, **{m: compare(_values(runs, m), _values(ref_runs, m), m, level,
-                                                      min_effect).as_dict() for m in COMPARED}})
+        out.append({"reference": other, **{m: _compare(runs, ref_runs, m, level, min_effect) for m in COMPARED}})
     return out
 
 

@@ -113,7 +113,8 @@ def render_text(results: dict[str, Any], metadata: dict[str, Any], analysis: dic
             continue
         vs = "" if r["compare_to"] == a["baseline"] else f" vs {r['compare_to']}"
         role = " (control)" if r.get("role") == "control" else ""
-        line = (f"  {r['name']}{role}{vs}: boot {cb['verdict']} {_pct(cb['change_pct'])} "
+        least = f"at least ({cb['censored']} run(s) stopped unfinished) " if cb.get("censored") else ""
+        line = (f"  {r['name']}{role}{vs}: boot {cb['verdict']} {least}{_pct(cb['change_pct'])} "
                 f"[{_pct(cb['change_ci_low'])}, {_pct(cb['change_ci_high'])}], "
                 f"host CPU {cc['verdict']} {_pct(cc['change_pct'])} "
                 f"[{_pct(cc['change_ci_low'])}, {_pct(cc['change_ci_high'])}]")
@@ -203,6 +204,8 @@ def _machines_line(a: dict[str, Any]) -> str:
 
 
 def _pct(v: float | None) -> str:
+    if is_number(v) and math.isinf(v):  # type: ignore[arg-type]
+        return "unbounded"  # the far end of a change read from censored runs
     return f"{v:+.1f}%" if is_number(v) else "-"
 
 

@@ -10,7 +10,9 @@ honestly covers a median 95% of the time ([min, max] covers it 75%).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -52,7 +54,8 @@ class Comparison:
     detectable_pct: float = math.nan  # smallest increase (%) these runs would detect with POWER
     detectable_down_pct: float = math.nan  # smallest decrease (%, as a positive number) likewise
     level: float = math.nan  # the two-sided level tested at; the interval's coverage is 1 - level
-    dof: float = math.nan  # Welch-Satterthwaite degrees of freedom
+    dof: float = math.nan  # the test's degrees of freedom
+    censored: int = 0  # runs stopped unfinished (lower bounds): the change is "at least" change_pct
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -85,6 +88,27 @@ def summarize(values: Sequence[float], level: float = 0.95) -> Summary:
     low, high, coverage = median_interval(arr, level)
     return Summary(len(arr), float(np.median(arr)), low, high, float(arr.mean()),
                    float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, coverage)
+
+
+def compare_censored(candidate: Sequence[float], reference: Sequence[float], cand_censored: Sequence[bool],
+                     ref_censored: Sequence[bool], metric: str = "boot_s", alpha: float = 0.05,
+                     min_effect_pct: float = 5.0) -> Comparison:
+    """compare() where some runs stopped unfinished and give only a lower bound.  Lower bounds on the
+    candidate's side can show it slower (the true times are longer still), on the reference's side
+    faster; any other reading of them would be a guess, so it is INCONCLUSIVE.  A slowdown read from
+    them is "at least" its change: the interval's upper end is unknown."""
+    k_c, k_r = sum(bool(x) for x in cand_censored), sum(bool(x) for x in ref_censored)
+    comp = compare(candidate, reference, metric, alpha, min_effect_pct)
+    if not k_c and not k_r:
+        return comp
+    lower_word, higher_word = WORDS.get(metric, ("lower", "higher"))
+    if k_c and not k_r and comp.verdict == higher_word:
+        return dataclasses.replace(comp, change_ci_high=math.inf, censored=k_c)
+    if k_r and not k_c and comp.verdict == lower_word:
+        return dataclasses.replace(comp, change_ci_low=-100.0, censored=k_r)
+    return dataclasses.replace(comp, verdict=INCONCLUSIVE, censored=k_c + k_r,
+                               change_ci_low=-100.0 if k_r else comp.change_ci_low,
+                               change_ci_high=math.inf if k_c else comp.change_ci_high)
 
 
 def compare(candidate: Sequence[float], reference: Sequence[float], metric: str = "boot_s", alpha: float = 0.05,
@@ -121,8 +145,10 @@ def compare(candidate: Sequence[float], reference: Sequence[float], metric: str 
         # the noisier: 4x at 3 runs against 10) and the pooled t (exact when nothing changed at all, the
         # null a false verdict comes from); both intervals are centred on the same change, so the wider
         # is the one with the larger p, and interval and p still agree.
-        pooled, res = max(((ev, sps.ttest_ind(x, y, equal_var=ev)) for ev in (False, True)),
-                          key=lambda t: float(t[1].pvalue))
+        with warnings.catch_warnings():  # a constant side (runs censored at one limit) is exact, not a loss
+            warnings.filterwarnings("ignore", "Precision loss", RuntimeWarning)
+            pooled, res = max(((ev, sps.ttest_ind(x, y, equal_var=ev)) for ev in (False, True)),
+                              key=lambda t: float(t[1].pvalue))
         ci = res.confidence_interval(confidence_level=1.0 - alpha)
         p, low, high, dof = float(res.pvalue), float(ci.low), float(ci.high), float(res.df)
         se = (high - low) / 2.0 / float(sps.t.ppf(1.0 - alpha / 2.0, dof))

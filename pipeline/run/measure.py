@@ -8,6 +8,7 @@ rules are tested in seconds with fakes beside the real end-to-end tests.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -98,6 +99,11 @@ class Measurer:
                 self.folder.add_run(name, run)
                 m = run.metrics
                 self.progress.step_done(time.monotonic() - t0)
+                if run.censored:
+                    self.progress.say("run", name, f"{kind} #{round_idx}{where}: guest boot at least "
+                                      f"{m['boot_s']:.2f} s (stopped there: censor_factor "
+                                      f"{self.cfg.repetitions.censor_factor:g} x its reference)")
+                    return
                 self.progress.say("run", name, f"{kind} #{round_idx}{where}: guest boot {m['boot_s']:.2f} s, "
                                   f"host CPU {m['host_cpu_s']:.2f} s, {int(m['updates'])} updates, "
                                   f"{m.get('gp_ms', math.nan):.2f} ms per grace period, "
@@ -161,7 +167,11 @@ class Measurer:
             # With share_cpus the other pool hosts on this machine are expected company: not checked.
             own = (process.pid,) if isinstance(process, LocalProcess) and not pool_host.spec.share_cpus else ()
             before = sample(own) if own else None
-            result = self._workload(host, self.cfg.workload_of(prep.candidate), self.cfg.test_host.cpus)
+            workload = self.cfg.workload_of(prep.candidate)
+            censor = self._censor_s(prep.candidate)
+            if censor > 0:
+                workload = dataclasses.replace(workload, censor_s=censor)
+            result = self._workload(host, workload, self.cfg.test_host.cpus)
             load = foreign_load(before, sample(own)) if before is not None else None
             self._check_disturbed(load)
             metrics, raw = dict(result.metrics), dict(result.raw)
@@ -176,7 +186,17 @@ class Measurer:
                              host_kind=pool_host.kind, boot_to_ssh_s=round(host.boot_seconds, 2),
                              console_log=self.folder.relative(host.console_log), raw=raw,
                              metrics=metrics, argv=list(result.argv),
-                             host_load=load.as_dict() if load is not None else None)
+                             host_load=load.as_dict() if load is not None else None,
+                             censored=bool(getattr(result, "censored", False)))
+
+    def _censor_s(self, cand: Any) -> float:
+        """When this candidate's run may stop: censor_factor times its reference's median boot so far."""
+        factor = self.cfg.repetitions.censor_factor
+        ref = cand.compare_to or self.cfg.baseline
+        if factor <= 0 or ref == cand.name:
+            return 0.0
+        values = sorted(self.folder.counted_values(ref, "boot_s"))
+        return factor * values[len(values) // 2] if values else 0.0
 
     def _check_disturbed(self, load: HostLoad | None) -> None:
         """A run that shared this machine with a foreign load beyond the limit is not counted."""

@@ -74,7 +74,8 @@ def _new_folder(cfg: Config, cands: list[Candidate], run_id: str | None) -> RunF
                                   "role": c.role, "compare_to": c.compare_to or cfg.baseline,
                                   "workload": vars(cfg.workload_of(c))} for c in cands},
         settings={"alpha": cfg.report.alpha, "min_effect_pct": cfg.report.min_effect_pct,
-                  "looks": cfg.repetitions.looks, "base_url": cfg.report.base_url,
+                  "looks": cfg.repetitions.looks, "censor_factor": cfg.repetitions.censor_factor,
+                  "base_url": cfg.report.base_url,
                   "compare_across_kinds": cfg.report.compare_across_kinds},
         workloads=[w.as_dict() for w in cfg.workloads])
     for c in cands:

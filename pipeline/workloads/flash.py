@@ -37,6 +37,9 @@ class Workload:
     timeout_s: int = 600
     block_ms: float = 2.0        # block reader: how late each of its faults is served
     block_gap_ms: float = 1.0    # block reader: how long a served page stays mapped before it is discarded
+    # Set per run by the runner (repetitions.censor_factor), never by a config: > 0 stops the boot after
+    # this long and records it as "at least" that (a censored run).
+    censor_s: float = 0.0
 
 
 def load_workload(r: Reader, data: Any, path: str, base: Workload) -> Workload:
@@ -72,6 +75,7 @@ class WorkloadResult:
     raw: dict[str, Any]
     metrics: dict[str, float]
     argv: tuple[str, ...] = ()
+    censored: bool = False  # stopped unfinished: metrics["boot_s"] is a lower bound, nothing else measured
 
 
 class WorkloadFailed(PipelineError):
@@ -110,6 +114,8 @@ def build_vmm(cache_dir: Path, log_file: Path | None = None) -> Path:
 def vmm_argv(binary: str, w: Workload, cpus: int) -> list[str]:
     argv = [binary, "--cycles", str(w.cycles), "--static-slots", str(w.static_slots),
             "--spinners", str(w.spinners), "--spin-mode", w.spin_mode, "--timeout", str(w.timeout_s)]
+    if w.censor_s > 0:
+        argv += ["--censor-ms", str(max(1, round(w.censor_s * 1000)))]
     if w.spin_mode == "block":
         argv += ["--block-us", str(round(w.block_ms * 1000)), "--block-gap-us", str(round(w.block_gap_ms * 1000))]
     if w.placement == "apart" and cpus >= 2:
@@ -264,6 +270,13 @@ def run_workload(host: HostLink, w: Workload, cpus: int) -> WorkloadResult:
         # FACTS: a nested TCG vCPU can get stuck; an infrastructure failure, retried.
         raise WorkloadFailed(f"workload watchdog fired after {raw.get('timeout_s')} s", res.stdout,
                              infrastructure=True)
+    if status == "censored" and w.censor_s > 0:
+        at = raw.get("censored_ns")
+        if not isinstance(at, int | float) or isinstance(at, bool) or not 0 < at < 1e15:
+            raise WorkloadFailed("the workload's censored report gives no time", res.stdout)
+        updates = raw.get("updates_done")
+        return WorkloadResult(raw, {"boot_s": at / 1e9, "updates": float(updates) if isinstance(updates, int) else 0.0},
+                              tuple(argv), censored=True)
     if status != "ok":
         why = str(raw.get("failure") or raw.get("error"))[:300]
         raise WorkloadFailed(f"workload reported {str(status)[:40]}: {why}", res.stdout + res.stderr,
