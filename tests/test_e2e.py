@@ -160,7 +160,7 @@ def test_full_pipeline_run_with_a_failing_candidate(built_kernel, e2e_cache: Pat
     cfg_path.write_text(cfg_text.replace('"bad-<script>"', "bad"))
     monkeypatch.setenv("KPIPE_CACHE_DIR", str(e2e_cache))
     code = main(["run", "-c", str(cfg_path)])
-    assert code in (3, 4)  # 'bad' could not be evaluated; 'params' may also be found slower
+    assert code in (3, 4, 5)  # bad could not be evaluated; params may also be found slower, or undecided (5)
     run_dir = next((tmp_path / "runs").iterdir())
     results = json.loads((run_dir / "results.json").read_text())
     assert results["candidates"]["bad"]["status"] == "patch-failed"
