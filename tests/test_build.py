@@ -146,3 +146,18 @@ def test_hostile_makefile_that_runs_forever_is_stopped(fetched, e2e_cache: Path,
     assert "build_timeout_s = 30" in str(info.value)
     left = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True, check=False).stdout.split()
     assert not left, "the hostile build outlived its time limit"
+
+
+def test_a_later_fragment_overrides_an_earlier_one_and_only_its_value_is_checked(tmp_path: Path) -> None:
+    """hz-1000.config after kvm-host.config: HZ_250 off, HZ_1000 on, as merge_config.sh merges them;
+    what the base asked for and the later fragment turned off is not 'dropped'."""
+    from pipeline.stages.kconfig import ConfigOptionDropped, check_config
+
+    base, hz = tmp_path / "base.config", tmp_path / "hz.config"
+    base.write_text("CONFIG_HZ_250=y\nCONFIG_HZ=250\nCONFIG_KVM=y\n")
+    hz.write_text("# CONFIG_HZ_250 is not set\nCONFIG_HZ_1000=y\nCONFIG_HZ=1000\n")
+    final = {"CONFIG_HZ_1000": "y", "CONFIG_HZ": "1000", "CONFIG_KVM": "y"}
+    check_config(tmp_path, final, (base, hz))
+    with pytest.raises(ConfigOptionDropped) as info:
+        check_config(tmp_path, final | {"CONFIG_HZ": "250"}, (base, hz))
+    assert "CONFIG_HZ=1000 (got 250) from hz.config" in info.value.excerpt

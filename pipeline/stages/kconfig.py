@@ -46,12 +46,16 @@ def _unmet_dependency(worktree: Path, option: str) -> str:
     return "; ".join(deps) or "no 'depends on' found; it may be selected by another option or be a choice"
 
 def check_config(worktree: Path, final: dict[str, str], fragments: tuple[Path, ...]) -> None:
-    """Every option a fragment sets must survive olddefconfig."""
-    dropped = []
+    """Every option the fragments set must survive olddefconfig, as the last fragment to set it asked
+    (fragments merge in order, as scripts/kconfig/merge_config.sh does: a later one overrides)."""
+    wanted: dict[str, tuple[str, str]] = {}
     for frag in fragments:
         for opt, want in parse_config(frag.read_text()).items():
-            have = final.get(opt, "n")
-            if have != want:
-                dropped.append(f"{opt}={want} (got {have}) from {frag.name}: {_unmet_dependency(worktree, opt)}")
+            wanted[opt] = (want, frag.name)
+    dropped = []
+    for opt, (want, name) in wanted.items():
+        have = final.get(opt, "n")
+        if have != want:
+            dropped.append(f"{opt}={want} (got {have}) from {name}: {_unmet_dependency(worktree, opt)}")
     if dropped:
         raise ConfigOptionDropped("kernel config: options dropped by olddefconfig", "\n".join(dropped))
