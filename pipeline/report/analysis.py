@@ -9,15 +9,14 @@ from pipeline.records.results import IDENTICAL
 from pipeline.report.stats import (
     FAILED,
     INCONCLUSIVE,
-    NO_CHANGE,
     SLOWER,
-    SMALL,
+    Verdict,
     compare_censored,
     family_level,
     summarize,
 )
 
-IDENTICAL_VERDICT = "binary-identical"
+IDENTICAL_VERDICT = Verdict.IDENTICAL
 
 METRICS = {
     "boot_s": ("guest boot time", "s"),
@@ -177,14 +176,11 @@ def metric_labels(names: list[str]) -> dict[str, tuple[str, str]]:
 
 
 def _direction(verdict: str) -> int | None:
-    """+1 worse (slower, more), -1 better, 0 no significant change, None when nothing can be said."""
-    if verdict in (SLOWER, "higher", "more CPU"):
-        return 1
-    if verdict in ("faster", "lower", "less CPU"):
-        return -1
-    if verdict in (NO_CHANGE, SMALL):
-        return 0
-    return None
+    """+1 worse (slower, more), -1 better, 0 no change that matters, None when nothing can be said."""
+    try:
+        return Verdict(verdict).direction
+    except ValueError:
+        return None
 
 
 def _agreement(row: dict[str, Any], w: dict[str, Any]) -> dict[str, Any]:

@@ -15,16 +15,39 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 
 import numpy as np
 from scipy import stats as sps
 
-FASTER, SLOWER, NO_CHANGE, FAILED, TOO_FEW = ("faster", "slower", "no significant change", "failed",
-                                              "too few runs")
-SMALL = "change below the minimum effect"  # the interval excludes 0, but the change is too small to matter
-INCONCLUSIVE = "inconclusive"  # the interval holds both no change and a change of the minimum effect
-# For CPU, "faster" reads wrong: lower is "less", higher is "more".
-WORDS = {"boot_s": ("faster", "slower"), "host_cpu_s": ("less CPU", "more CPU")}
+
+class Verdict(StrEnum):
+    """Every verdict a comparison can reach.  A str, so results.json keeps the words it always had and
+    a reader may compare with either."""
+    FASTER = "faster"
+    SLOWER = "slower"
+    LESS_CPU = "less CPU"  # for CPU, "faster" reads wrong: lower is "less", higher is "more"
+    MORE_CPU = "more CPU"
+    LOWER = "lower"  # any other metric
+    HIGHER = "higher"
+    SMALL = "change below the minimum effect"  # the interval excludes 0, the change is too small to matter
+    NO_CHANGE = "no significant change"  # the interval holds 0 and stays within the minimum effect
+    INCONCLUSIVE = "inconclusive"  # the interval holds both no change and a change of the minimum effect
+    TOO_FEW = "too few runs"
+    FAILED = "failed"  # a side could not be measured
+    IDENTICAL = "binary-identical"  # not measured: the same kernel, command line and workload
+
+    @property
+    def direction(self) -> int | None:
+        """+1 worse (slower, more), -1 better, 0 no change that matters, None when nothing can be said."""
+        return {Verdict.SLOWER: 1, Verdict.MORE_CPU: 1, Verdict.HIGHER: 1, Verdict.FASTER: -1,
+                Verdict.LESS_CPU: -1, Verdict.LOWER: -1, Verdict.NO_CHANGE: 0, Verdict.SMALL: 0}.get(self)
+
+
+FASTER, SLOWER, NO_CHANGE, FAILED, TOO_FEW = (Verdict.FASTER, Verdict.SLOWER, Verdict.NO_CHANGE, Verdict.FAILED,
+                                              Verdict.TOO_FEW)
+SMALL, INCONCLUSIVE = Verdict.SMALL, Verdict.INCONCLUSIVE
+WORDS = {"boot_s": (Verdict.FASTER, Verdict.SLOWER), "host_cpu_s": (Verdict.LESS_CPU, Verdict.MORE_CPU)}
 POWER = 0.8  # of the "detectable change"
 
 
@@ -101,7 +124,7 @@ def compare_censored(candidate: Sequence[float], reference: Sequence[float], can
     comp = compare(candidate, reference, metric, alpha, min_effect_pct)
     if not k_c and not k_r:
         return comp
-    lower_word, higher_word = WORDS.get(metric, ("lower", "higher"))
+    lower_word, higher_word = WORDS.get(metric, (Verdict.LOWER, Verdict.HIGHER))
     if k_c and not k_r and comp.verdict == higher_word:
         return dataclasses.replace(comp, change_ci_high=math.inf, censored=k_c)
     if k_r and not k_c and comp.verdict == lower_word:
@@ -123,7 +146,7 @@ def compare(candidate: Sequence[float], reference: Sequence[float], metric: str 
 
     On logs when every value is positive (the change is then a ratio of geometric means), on the raw
     values otherwise (the change relative to the reference's mean)."""
-    lower_word, higher_word = WORDS.get(metric, ("lower", "higher"))
+    lower_word, higher_word = WORDS.get(metric, (Verdict.LOWER, Verdict.HIGHER))
     c = np.asarray(candidate, dtype=float)
     b = np.asarray(reference, dtype=float)
     if len(c) < 2 or len(b) < 2:
