@@ -2,7 +2,8 @@
 
 After the first fixed rounds (look 1), each comparison that decides the exit code and is still
 undecided (inconclusive, or too few runs) gets runs for one more look, sized to cut its interval's
-half-width by CUT at the least test-host time (Neyman's allocation with costs: a side gets runs in
+half-width by CUT, or only as far as deciding the change seen needs, at the least test-host time
+(Neyman's allocation with costs: a side gets runs in
 proportion to its noise over the square root of its cost, so a 5 s baseline collects runs where a
 150 s regression keeps its 3).  A comparison that would stay undecided even at `max_counted` runs a
 side, if its change and noise stayed as seen, gets none ("futile": the budget goes where it can decide
@@ -25,6 +26,7 @@ from pipeline.report.stats import INCONCLUSIVE, TOO_FEW, compare, family_level
 
 UNDECIDED_VERDICTS = (INCONCLUSIVE, TOO_FEW)
 CUT = 1.6  # each look aims at an interval this many times narrower
+NEED_POWER = 0.95  # "as narrow as deciding needs": with this power, were the change what it seems
 FUTILITY_MARGIN = 1.5  # futile when the projected half-width at max_counted exceeds the change seen this many times
 
 
@@ -58,7 +60,7 @@ def futile(candidate: Sequence[float], reference: Sequence[float], level: float,
 
 
 def allocation(candidate: Sequence[float], reference: Sequence[float], cost_c: float, cost_r: float,
-               max_counted: int) -> tuple[int, int]:
+               max_counted: int, level: float = 0.0025) -> tuple[int, int]:
     """Runs to add to each side so the standard error falls by CUT at the least cost (Neyman: n_i
     proportional to s_i / sqrt(cost_i)), never fewer than one run in all."""
     lc, lr = _logs(candidate), _logs(reference)
@@ -67,7 +69,11 @@ def allocation(candidate: Sequence[float], reference: Sequence[float], cost_c: f
         return max(0, 2 - n_c), max(0, 2 - n_r)
     pooled = math.sqrt(((n_c - 1) * lc.var(ddof=1) + (n_r - 1) * lr.var(ddof=1)) / (n_c + n_r - 2))
     s_c, s_r = (max(float(x.std(ddof=1)), 0.25 * pooled, 1e-6) for x in (lc, lr))
-    target = math.sqrt(s_c ** 2 / n_c + s_r ** 2 / n_r) / CUT
+    # Aim at CUT narrower, or only as narrow as deciding the change seen needs (normal quantiles at
+    # the level and NEED_POWER): a -88% change undecided at 2 degrees of freedom needs a run, not nine.
+    need = abs(float(lc.mean() - lr.mean())) / (float(sps.norm.ppf(1.0 - level / 2.0)) +
+                                                float(sps.norm.ppf(NEED_POWER)))
+    target = max(math.sqrt(s_c ** 2 / n_c + s_r ** 2 / n_r) / CUT, need)
     k_c, k_r = math.sqrt(max(cost_c, 1e-3)), math.sqrt(max(cost_r, 1e-3))
     total = (s_c * k_c + s_r * k_r) / target ** 2  # Lagrange: n_i = s_i (sum_j s_j k_j) / (k_i se^2)
     want_c, want_r = (math.ceil(s * total / k) for s, k in ((s_c, k_c), (s_r, k_r)))
@@ -106,7 +112,7 @@ def plan_more(values: Mapping[str, Sequence[float]], costs: Mapping[str, float],
     spent = 0.0
     for _, key, cand, ref in sorted(wanted, reverse=True):
         add_c, add_r = allocation(values.get(cand, ()), values.get(ref, ()), costs.get(cand, 1.0),
-                                  costs.get(ref, 1.0), max_counted)
+                                  costs.get(ref, 1.0), max_counted, level)
         # A side another comparison already grows counts once: the larger of the two requests.
         extra = {n: max(0, k - more.get(n, 0)) for n, k in ((cand, add_c), (ref, add_r)) if k}
         cost = sum(k * costs.get(n, 1.0) for n, k in extra.items())
