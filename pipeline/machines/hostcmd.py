@@ -60,11 +60,18 @@ class _Tail:
         return note + self.data.decode("utf-8", errors="replace")
 
 
+class ChannelNotOpened(InfraError):
+    """The SSH transport would not open a session (the link dropped): the command never started."""
+
+
 def run_command(transport: paramiko.Transport, command: str, timeout: float | None,
                 max_bytes: int = MAX_OUTPUT_BYTES) -> RemoteResult:
     """Run `command` (already shell-quoted) in a new session on `transport`; stdin is closed at once."""
     deadline = time.monotonic() + (timeout if timeout is not None else 24 * 3600)
-    chan = transport.open_session(timeout=30)
+    try:
+        chan = transport.open_session(timeout=30)
+    except paramiko.SSHException as exc:  # nothing ran: the caller may reconnect and run it again
+        raise ChannelNotOpened(f"cannot open an SSH session on the test host: {exc}") from exc
     try:
         chan.exec_command(command)
         chan.shutdown_write()

@@ -11,7 +11,7 @@ import re
 import shlex
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +24,7 @@ from pipeline.config import TestHost
 from pipeline.errors import InfraError, PipelineError
 from pipeline.machines.accel import Accelerator
 from pipeline.machines.executor import QEMU_FILE_LIMIT_BYTES, Executor, Process
-from pipeline.machines.hostcmd import MAX_OUTPUT_BYTES, RemoteResult, put_file, run_command
+from pipeline.machines.hostcmd import MAX_OUTPUT_BYTES, ChannelNotOpened, RemoteResult, put_file, run_command
 from pipeline.stages.build import BuildArtifacts
 from pipeline.stages.initramfs import Initramfs, with_own_host_key
 
@@ -36,6 +36,7 @@ PANIC_RE = re.compile(r"(Kernel panic - not syncing|BUG: |Oops: |general protect
 
 
 QEMU_ERROR_RE = re.compile(r"^qemu-system-\S+: .*$", re.M)
+MAX_RECONNECTS = 2  # logins again per booted test host after the SSH link dropped
 CONSOLE_WINDOW = 256 * 1024  # what the boot loop keeps and scans of the console: its newest part
 CONSOLE_FLOOD_BYTES = 64 * 1024 * 1024  # no kernel prints this much before its SSH server is up
 
@@ -77,17 +78,42 @@ class BootedHost:
     boot_seconds: float
     kernel_release: str
     info: dict = field(default_factory=dict)
+    # Logs in again when the SSH link drops between commands (a test host that runs on): at most
+    # MAX_RECONNECTS times, and never in the middle of a command.
+    reconnect: Callable[[], fabric.Connection] | None = field(default=None, repr=False)
+    reconnects: int = 0
+
+    def _transport(self) -> paramiko.Transport:
+        transport = self.connection.client.get_transport()
+        if transport is None or not transport.is_active():
+            self._reopen("the SSH link to the test host is closed")
+            transport = self.connection.client.get_transport()
+        assert transport is not None
+        return transport
+
+    def _reopen(self, why: str) -> None:
+        if self.reconnect is None or self.reconnects >= MAX_RECONNECTS:
+            raise InfraError(why)
+        log.info("%s: logging in again", why)
+        old, self.connection = self.connection, self.reconnect()
+        self.reconnects += 1
+        try:
+            old.close()
+        except Exception:  # noqa: BLE001 - the old link is gone either way
+            pass
 
     def run(self, command: list[str], timeout: float | None = None, max_bytes: int = MAX_OUTPUT_BYTES) -> RemoteResult:
         """Run a command in the test host (every word shell-quoted), keeping at most `max_bytes` of each
         stream; past `timeout` raises RemoteTimeout."""
-        transport = self.connection.client.get_transport()
-        if transport is None or not transport.is_active():
-            raise InfraError("the SSH link to the test host is closed")
-        return run_command(transport, shlex.join(command), timeout, max_bytes)
+        try:
+            return run_command(self._transport(), shlex.join(command), timeout, max_bytes)
+        except ChannelNotOpened as exc:  # the command never started: safe to run once more
+            self._reopen(str(exc))
+            return run_command(self._transport(), shlex.join(command), timeout, max_bytes)
 
     def put(self, local: str, remote: str, timeout: float = 120) -> None:
         """Upload a file into the test host over SFTP, with a timeout."""
+        self._transport()
         put_file(self.connection.client, local, remote, timeout)
 
 
@@ -160,6 +186,7 @@ def boot_test_host(executor: Executor, artifacts: BuildArtifacts, initramfs: Ini
     start = time.monotonic()
     proc = executor.spawn(argv, qemu_log)
     conn = None
+    booted: BootedHost | None = None
     console_tail = _ConsoleTail(executor, console_at)
     try:
         deadline = start + host.boot_timeout_s
@@ -205,11 +232,17 @@ def boot_test_host(executor: Executor, artifacts: BuildArtifacts, initramfs: Ini
                                  _console_excerpt(console, lines=30))
             time.sleep(getattr(executor, "poll_s", 0.25))
         booted = BootedHost(conn, proc, console_log, port, accel_name, time.monotonic() - start,
-                            artifacts.kernel_release, {"executor": executor.name})
+                            artifacts.kernel_release, {"executor": executor.name},
+                            reconnect=lambda: _connect(port, initramfs, executor.gateway()))
         uname = booted.run(["uname", "-r"], timeout=60)
         booted.info["uname_r"] = uname.stdout.strip()
         yield booted
     finally:
+        if booted is not None and booted.connection is not conn:  # it logged in again: close that link too
+            try:
+                booted.connection.close()
+            except Exception:  # noqa: BLE001
+                pass
         if conn is not None:
             try:
                 conn.close()
