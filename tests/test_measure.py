@@ -331,3 +331,7 @@ def test_censored_runs_stop_at_the_factor_and_still_call_the_slowdown(tmp_path: 
     folder.update(baseline="base", settings={"alpha": 0.05, "min_effect_pct": 5.0})
     comp = analyze(folder.results)["rows"][1]["comparisons"]["boot_s"]
     assert comp["verdict"] == "slower" and comp["censored"] == len(censored) and comp["change_pct"] > 200
+    from pipeline.report.render import write_report  # the page and its plots with runs that have no host CPU
+
+    out = write_report(folder.path, tmp_path / "reports")
+    assert "at least" in (out / "summary.txt").read_text() and "&ge; " in (out / "index.html").read_text()

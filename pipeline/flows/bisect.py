@@ -25,7 +25,7 @@ from typing import Any
 from pipeline.config import Candidate, Config, Repetitions
 from pipeline.errors import UserError
 from pipeline.records.results import IDENTICAL, new_run_id, write_json_atomic, write_text_atomic
-from pipeline.report.stats import Verdict
+from pipeline.report.stats import Verdict, moved
 from pipeline.stages.fetch import fetch_tree
 from pipeline.util.gitutil import git
 
@@ -78,14 +78,6 @@ def search(n: int, classify: Callable[[int], str], known: dict[int, str] | None 
 
 # -- one step's decision ------------------------------------------------------------------------
 
-def _moved(verdict: str) -> bool:
-    """A verdict that found a change that matters, either way."""
-    try:
-        return Verdict(verdict).direction in (1, -1)
-    except ValueError:
-        return False
-
-
 def decide(verdict: str, bad_word: str, rounds: int, max_rounds: int, step_median: float, good_median: float,
            bad_median: float) -> tuple[str | None, str]:
     """good / bad from a step's verdict against the good end; None means measure more rounds."""
@@ -94,7 +86,7 @@ def decide(verdict: str, bad_word: str, rounds: int, max_rounds: int, step_media
     if verdict in (Verdict.NO_CHANGE, Verdict.IDENTICAL, Verdict.SMALL):
         return GOOD, "no significant change from the good end" if verdict != Verdict.IDENTICAL else \
             "binary-identical to the good end's kernel"
-    if _moved(verdict):
+    if moved(verdict):
         return GOOD, f"{verdict} than the good end, the other way from the bad end"
     if rounds < max_rounds:
         return None, ""
@@ -238,7 +230,7 @@ class Bisector:
             step.good_median = good["summaries"].get(self.metric, {}).get("median", math.nan)
             step.n = row["n"]
             if index == -2:  # the ends: the bad end must differ from the good one
-                step.outcome = BAD if _moved(step.verdict) else SKIP
+                step.outcome = BAD if moved(step.verdict) else SKIP
                 if step.outcome == SKIP and rounds < self.max_rounds:
                     rounds += 2
                     continue

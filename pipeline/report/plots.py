@@ -33,7 +33,9 @@ def _label(text: str) -> str:
 
 
 def _runs(results: dict[str, Any], name: str) -> list[dict[str, Any]]:
-    return results["candidates"].get(name, {}).get("runs", [])
+    """A candidate's runs measured to the end: a censored run has only a lower bound of its boot, and the
+    tables, not the plots, show it (as ">=")."""
+    return [r for r in results["candidates"].get(name, {}).get("runs", []) if not r.get("censored")]
 
 
 def distribution(results: dict[str, Any], order: list[str], metric: str, title: str, unit: str) -> str:
@@ -110,10 +112,10 @@ def latency_percentiles(results: dict[str, Any], order: list[str]) -> str:
         runs = _runs(results, name)
         if not runs:
             continue
-        meds = []
-        for key, _ in keys:
-            vals = sorted(r["metrics"][key] for r in runs)
-            meds.append(statistics.median(vals))
+        per_key = [sorted(r["metrics"][key] for r in runs if key in r["metrics"]) for key, _ in keys]
+        if not all(per_key):
+            continue
+        meds = [statistics.median(vals) for vals in per_key]
         ax.bar([k + i * width for k in range(len(keys))], meds, width=width, color=COLORS[i % len(COLORS)],
                label=_label(name))
     ax.set_yscale("log")
@@ -180,7 +182,7 @@ def sweep(results: dict[str, Any], order: list[str], param: str, points: list[tu
     for metric, color, label in (("boot_s", COLORS[0], "guest boot (s)"), ("host_cpu_s", COLORS[1], "host CPU (s)")):
         xs, meds, lo, hi = [], [], [], []
         for value, name in points:
-            vals = sorted(r["metrics"][metric] for r in _runs(results, name))
+            vals = sorted(r["metrics"][metric] for r in _runs(results, name) if metric in r["metrics"])
             if not vals:
                 continue
             med = statistics.median(vals)

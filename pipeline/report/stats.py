@@ -44,6 +44,11 @@ class Verdict(StrEnum):
                 Verdict.LESS_CPU: -1, Verdict.LOWER: -1, Verdict.NO_CHANGE: 0, Verdict.SMALL: 0}.get(self)
 
 
+def moved(verdict: str) -> bool:
+    """A verdict that found a change that matters, either way (any other string: False)."""
+    return verdict in Verdict.__members__.values() and Verdict(verdict).direction in (1, -1)
+
+
 FASTER, SLOWER, NO_CHANGE, FAILED, TOO_FEW = (Verdict.FASTER, Verdict.SLOWER, Verdict.NO_CHANGE, Verdict.FAILED,
                                               Verdict.TOO_FEW)
 SMALL, INCONCLUSIVE = Verdict.SMALL, Verdict.INCONCLUSIVE
