@@ -201,8 +201,6 @@ def _machines_line(a: dict[str, Any]) -> str:
     return text
 
 
-
-
 def _pct(v: float | None) -> str:
     if is_number(v) and math.isinf(v):  # type: ignore[arg-type]
         return "unbounded"  # the far end of a change read from censored runs

@@ -45,6 +45,11 @@ def _logs(values: Sequence[float]) -> np.ndarray | None:
     return np.log(v) if len(v) >= 2 and (v > 0).all() else None
 
 
+def _pooled_var(lc: np.ndarray, lr: np.ndarray) -> float:
+    """The two sides' log variance, pooled."""
+    return float(((len(lc) - 1) * lc.var(ddof=1) + (len(lr) - 1) * lr.var(ddof=1)) / (len(lc) + len(lr) - 2))
+
+
 def futile(candidate: Sequence[float], reference: Sequence[float], level: float, min_effect_pct: float,
            max_counted: int) -> bool:
     """Would the comparison stay undecided even at max_counted runs a side, if the change and the noise
@@ -53,21 +58,21 @@ def futile(candidate: Sequence[float], reference: Sequence[float], level: float,
     lc, lr = _logs(candidate), _logs(reference)
     if lc is None or lr is None:
         return False
-    pooled = ((len(lc) - 1) * lc.var(ddof=1) + (len(lr) - 1) * lr.var(ddof=1)) / (len(lc) + len(lr) - 2)
-    half = float(sps.t.ppf(1.0 - level / 2.0, 2 * max_counted - 2)) * math.sqrt(pooled * 2.0 / max_counted)
+    half = float(sps.t.ppf(1.0 - level / 2.0, 2 * max_counted - 2)) * math.sqrt(_pooled_var(lc, lr) * 2.0 / max_counted)
     change = abs(float(lc.mean() - lr.mean()))
     return half >= FUTILITY_MARGIN * change and 100.0 * (math.exp(half) - 1.0) >= min_effect_pct
 
 
 def allocation(candidate: Sequence[float], reference: Sequence[float], cost_c: float, cost_r: float,
                max_counted: int, level: float = 0.0025) -> tuple[int, int]:
-    """Runs to add to each side so the standard error falls by CUT at the least cost (Neyman: n_i
-    proportional to s_i / sqrt(cost_i)), never fewer than one run in all."""
+    """Runs to add to each side so the standard error falls by CUT, or only as far as deciding the change
+    seen needs, at the least cost (Neyman: n_i proportional to s_i / sqrt(cost_i)); never fewer than one
+    run in all while a side is under max_counted."""
     lc, lr = _logs(candidate), _logs(reference)
     n_c, n_r = len(candidate), len(reference)
     if lc is None or lr is None:
         return max(0, 2 - n_c), max(0, 2 - n_r)
-    pooled = math.sqrt(((n_c - 1) * lc.var(ddof=1) + (n_r - 1) * lr.var(ddof=1)) / (n_c + n_r - 2))
+    pooled = math.sqrt(_pooled_var(lc, lr))
     s_c, s_r = (max(float(x.std(ddof=1)), 0.25 * pooled, 1e-6) for x in (lc, lr))
     # Aim at CUT narrower, or only as narrow as deciding the change seen needs (normal quantiles at
     # the level and NEED_POWER): a -88% change undecided at 2 degrees of freedom needs a run, not nine.

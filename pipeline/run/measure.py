@@ -187,7 +187,7 @@ class Measurer:
                              console_log=self.folder.relative(host.console_log), raw=raw,
                              metrics=metrics, argv=list(result.argv),
                              host_load=load.as_dict() if load is not None else None,
-                             censored=bool(getattr(result, "censored", False)))
+                             censored=result.censored)
 
     def _censor_s(self, cand: Any) -> float:
         """When this candidate's run may stop: censor_factor times its reference's median boot so far."""
