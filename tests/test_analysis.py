@@ -78,3 +78,20 @@ def test_a_candidate_built_on_another_is_also_compared_with_it() -> None:
     assert top["boot_s"]["change_pct"] < -90
     assert rows["other-workload"]["on_top_of"] == []  # another workload: not comparable
     assert rows["regr"]["on_top_of"] == [] and rows["base"]["on_top_of"] == []
+
+
+def test_censoring_is_per_workload() -> None:
+    """A run whose flash boot was stopped still measured the selftest to the end (and the other way round):
+    each metric reads 'at least' only from the runs that stopped it."""
+    results = _results({"base": ([10.0, 10.2, 9.9], 6.0, 4.0), "regr": ([40.0, 40.0, 40.0], 0.0, 0.0)}, {})
+    results["workloads"] = [{"name": "stress", "headline": "stress.iteration_ms"}]
+    for i, r in enumerate(results["candidates"]["base"]["runs"]):
+        r["metrics"]["stress.iteration_ms"] = 3.0 + 0.1 * i
+    for i, r in enumerate(results["candidates"]["regr"]["runs"]):
+        r["metrics"]["stress.iteration_ms"] = 60.0 + i
+        r["censored"] = True  # the boot stopped at 4x; the stress test ran to its end
+        r["censored_workloads"] = ["stress"] if i == 0 else []
+    row = {r["name"]: r for r in analyze(results)["rows"]}["regr"]
+    assert row["comparisons"]["boot_s"]["censored"] == 3
+    assert row["comparisons"]["stress.iteration_ms"]["censored"] == 1
+    assert row["comparisons"]["stress.iteration_ms"]["verdict"] == "higher"

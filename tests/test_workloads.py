@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from pipeline.report.analysis import analyze
+from pipeline.workloads import kinds
 from pipeline.workloads.kinds import CommandKind, ExtraWorkload, SelftestKind, WorkloadOutputError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -104,3 +106,52 @@ def test_agreement_between_the_workloads() -> None:
     row = next(r for r in analyze(_results(base, faster_stress))["rows"] if r["name"] == "cand")
     assert row["agreement"][0]["agrees"] is False and "disagrees" in row["agreement"][0]["text"]
     assert not math.isnan(row["agreement"][0]["change_pct"])
+
+
+class _ShellHost:
+    """A test host stand-in that runs the commands on this machine (the remote folder mapped into tmp):
+    the timing and stopping shell snippet is the real one."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def _map(self, arg: str) -> str:
+        return arg.replace(kinds.REMOTE_DIR, str(self.root))
+
+    def run(self, argv: list[str], timeout: float) -> Any:
+        import subprocess
+        import types
+
+        p = subprocess.run([self._map(a) for a in argv], capture_output=True, text=True, timeout=timeout)
+        return types.SimpleNamespace(exited=p.returncode, stdout=p.stdout, stderr=p.stderr)
+
+    def put(self, local: str, remote: str) -> None:
+        import shutil
+
+        shutil.copy(local, self._map(remote))
+
+
+def test_a_stopped_stress_test_reads_as_a_lower_bound(tmp_path: Path) -> None:
+    """Censored at 1 s, a stress test that would run 30 s is killed there and reads 'at least' its wall per
+    iteration; one that finishes first is read as usual; a kind with no bound is not stopped at all."""
+    slow = tmp_path / "slow"
+    slow.write_text("#!/bin/sh\nexec sleep 30\n")  # exec: no orphan keeps the output open
+    fast = tmp_path / "fast"
+    fast.write_text("#!/bin/sh\necho 'All vCPU threads joined'\n")
+    host = _ShellHost(tmp_path / "remote")
+    host.root.mkdir()
+    w = ExtraWorkload("stress", "kvm-selftest", "iteration_ms", test="memslot_modification_stress_test",
+                      args=("-i", "200"), censor_s=1.0, timeout_s=60)
+    values, raw = kinds.run_extra(host, w, slow)
+    assert raw["censored"] is True
+    assert 1.0 <= values["wall_s"] < 5.0
+    assert values["iteration_ms"] == pytest.approx(1000 * values["wall_s"] / 200)
+    values, raw = kinds.run_extra(host, w, fast)
+    assert "censored" not in raw and values["wall_s"] < 1.0
+    perf = ExtraWorkload("perf", "kvm-selftest", "best_iteration_ms", test="memslot_perf_test", censor_s=0.5,
+                         timeout_s=60)
+    printing = tmp_path / "perf"
+    printing.write_text("#!/bin/sh\nsleep 1\necho 'Best runtime result was 0.001000000s per iteration "
+                        "(with 5 iterations)'\n")
+    values, raw = kinds.run_extra(host, perf, printing)  # no bound to read from a stopped one: runs to the end
+    assert "censored" not in raw and values["best_iteration_ms"] == pytest.approx(1.0)

@@ -16,6 +16,7 @@ import yaml
 
 from pipeline import __version__
 from pipeline.config import Config
+from pipeline.records.results import metric_censored
 from pipeline.report.publish import labels as publish_labels
 from pipeline.report.publish import local_path
 from pipeline.util.gitutil import git
@@ -90,7 +91,7 @@ def lkp_table(results: dict[str, Any], base: str, cand: str, extra_metrics: tupl
         if not b and not c:
             continue
         # Runs stopped unfinished (censored) give lower bounds: the series' side is then "at least".
-        least = ">=" if any(r.get("censored") for r in results["candidates"].get(cand, {}).get("runs", [])
+        least = ">=" if any(metric_censored(r, metric) for r in results["candidates"].get(cand, {}).get("runs", [])
                             if metric in r.get("metrics", {})) else ""
         if b and c and statistics.median(b):
             chg = f"{least}{100 * (statistics.median(c) / statistics.median(b) - 1):+.1f}%"

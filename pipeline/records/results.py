@@ -51,9 +51,19 @@ class RunRecord:
     argv: list[str] = field(default_factory=list)
     host_load: dict[str, float] | None = None  # machines.load: what other processes used during the run
     censored: bool = False  # stopped at repetitions.censor_factor x its reference: metrics["boot_s"] is "at least"
+    censored_workloads: list[str] = field(default_factory=list)  # other workloads stopped so: "at least"
+    failed_workloads: dict[str, str] = field(default_factory=dict)  # other workloads that failed in this run
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def metric_censored(run: dict[str, Any], metric: str) -> bool:
+    """Whether a run's value of `metric` is a lower bound: the flash boot's when the run was censored, an other
+    workload's metrics ("<workload>.<metric>") when that workload was."""
+    if "." in metric:
+        return metric.split(".", 1)[0] in run.get("censored_workloads", ())
+    return bool(run.get("censored"))
 
 
 @dataclass(frozen=True)
@@ -211,6 +221,11 @@ class RunFolder:
 
     def counted_values(self, candidate: str, metric: str) -> list[float]:
         return [float(r["metrics"][metric]) for r in self.candidate(candidate)["runs"] if metric in r["metrics"]]
+
+    def workload_failures(self, candidate: str, workload: str) -> int:
+        """How many of the candidate's runs (warm-up included) saw workload `workload` fail."""
+        c = self.candidate(candidate)
+        return sum(workload in r.get("failed_workloads", {}) for r in c.get("runs", []) + c.get("warmup_runs", []))
 
     def set_status(self, candidate: str, status: str, detail: str = "") -> None:
         assert status in CANDIDATE_STATUSES, status

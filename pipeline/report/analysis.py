@@ -5,7 +5,7 @@ import math
 from collections import Counter
 from typing import Any
 
-from pipeline.records.results import IDENTICAL
+from pipeline.records.results import IDENTICAL, metric_censored
 from pipeline.report.stats import (
     FAILED,
     INCONCLUSIVE,
@@ -50,7 +50,7 @@ def _values(runs: list[dict[str, Any]], metric: str) -> list[float]:
 
 
 def _censored(runs: list[dict[str, Any]], metric: str) -> list[bool]:
-    return [bool(r.get("censored")) for r in runs if metric in r.get("metrics", {})]
+    return [metric_censored(r, metric) for r in runs if metric in r.get("metrics", {})]
 
 
 def _compare(runs: list[dict[str, Any]], ref_runs: list[dict[str, Any]], metric: str, level: float,

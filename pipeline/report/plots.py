@@ -11,6 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from pipeline.records.results import metric_censored  # noqa: E402
+
 matplotlib.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False,
                             "axes.spines.right": False, "svg.hashsalt": "kpipe"})
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
@@ -32,10 +34,10 @@ def _label(text: str) -> str:
     return re.sub(r"[<>&\"']", "_", text)
 
 
-def _runs(results: dict[str, Any], name: str) -> list[dict[str, Any]]:
-    """A candidate's runs measured to the end: a censored run has only a lower bound of its boot, and the
+def _runs(results: dict[str, Any], name: str, metric: str = "boot_s") -> list[dict[str, Any]]:
+    """A candidate's runs that measured `metric` to the end: a censored run has only a lower bound, and the
     tables, not the plots, show it (as ">=")."""
-    return [r for r in results["candidates"].get(name, {}).get("runs", []) if not r.get("censored")]
+    return [r for r in results["candidates"].get(name, {}).get("runs", []) if not metric_censored(r, metric)]
 
 
 def distribution(results: dict[str, Any], order: list[str], metric: str, title: str, unit: str) -> str:
@@ -182,7 +184,7 @@ def sweep(results: dict[str, Any], order: list[str], param: str, points: list[tu
     for metric, color, label in (("boot_s", COLORS[0], "guest boot (s)"), ("host_cpu_s", COLORS[1], "host CPU (s)")):
         xs, meds, lo, hi = [], [], [], []
         for value, name in points:
-            vals = sorted(r["metrics"][metric] for r in _runs(results, name) if metric in r["metrics"])
+            vals = sorted(r["metrics"][metric] for r in _runs(results, name, metric) if metric in r["metrics"])
             if not vals:
                 continue
             med = statistics.median(vals)

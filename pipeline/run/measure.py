@@ -95,10 +95,13 @@ class Measurer:
             t0 = time.monotonic()
             try:
                 with self.progress.heartbeat("run", name, f"{kind} #{round_idx}{where} running"):
-                    run = self._boot_and_run(prep, initramfs, vmm, pool_host, kind, round_idx, attempt, tag)
+                    run, failures = self._boot_and_run(prep, initramfs, vmm, pool_host, kind, round_idx, attempt,
+                                                       tag)
                 self.folder.add_run(name, run)
                 m = run.metrics
                 self.progress.step_done(time.monotonic() - t0)
+                if self._workload_failures(prep, tag, failures):
+                    return
                 if run.censored:
                     self.progress.say("run", name, f"{kind} #{round_idx}{where}: guest boot at least "
                                       f"{m['boot_s']:.2f} s (stopped there: censor_factor "
@@ -145,7 +148,7 @@ class Measurer:
             self.progress.say("retry", name, f"attempt {attempt + 1} of {retries} after an infrastructure fault")
 
     def _boot_and_run(self, prep: Prepared, initramfs: Initramfs, vmm: Path, pool_host: PoolHost, kind: str,
-                      round_idx: int, attempt: int, tag: str) -> RunRecord:
+                      round_idx: int, attempt: int, tag: str) -> tuple[RunRecord, list[tuple[str, str, str]]]:
         assert prep.artifacts and prep.patched
         name = prep.candidate.name
         with self._boot(pool_host.executor, prep.artifacts, initramfs, self.cfg.test_host, prep.patched.cmdline,
@@ -175,27 +178,52 @@ class Measurer:
             load = foreign_load(before, sample(own)) if before is not None else None
             self._check_disturbed(load)
             metrics, raw = dict(result.metrics), dict(result.raw)
+            stopped, failures = [], []
             for w in self.cfg.workloads:  # the other workloads, in the same booted test host
+                censor_w = self._censor_s(prep.candidate, w.metric("wall_s"))
                 try:
-                    values, extra_raw = self._extra(host, w, prep.extras[w.name])
+                    values, extra_raw = self._extra(host, dataclasses.replace(w, censor_s=censor_w) if censor_w
+                                                    else w, prep.extras[w.name])
                 except WorkloadOutputError as exc:
-                    raise WorkloadFailed(f"workload {w.name}: {exc}", str(getattr(exc, "output", ""))) from None
+                    # The flash boot is measured: the run keeps it, and this workload's failure is recorded
+                    # with the run (a second one ends the candidate, in measure_once).
+                    failures.append((w.name, str(exc).splitlines()[0] if str(exc) else "failed", exc.output))
+                    continue
                 metrics.update({w.metric(k): v for k, v in values.items()})
                 raw.setdefault("workloads", {})[w.name] = extra_raw
-            return RunRecord(round=round_idx, kind=kind, attempt=attempt, finished=now_iso(), host=pool_host.name,
-                             host_kind=pool_host.kind, boot_to_ssh_s=round(host.boot_seconds, 2),
-                             console_log=self.folder.relative(host.console_log), raw=raw,
-                             metrics=metrics, argv=list(result.argv),
-                             host_load=load.as_dict() if load is not None else None,
-                             censored=result.censored)
+                if extra_raw.get("censored"):
+                    stopped.append(w.name)
+            run = RunRecord(round=round_idx, kind=kind, attempt=attempt, finished=now_iso(), host=pool_host.name,
+                            host_kind=pool_host.kind, boot_to_ssh_s=round(host.boot_seconds, 2),
+                            console_log=self.folder.relative(host.console_log), raw=raw,
+                            metrics=metrics, argv=list(result.argv),
+                            host_load=load.as_dict() if load is not None else None,
+                            censored=result.censored, censored_workloads=stopped,
+                            failed_workloads={n: m for n, m, _ in failures})
+            return run, failures
 
-    def _censor_s(self, cand: Any) -> float:
-        """When this candidate's run may stop: censor_factor times its reference's median boot so far."""
+    def _workload_failures(self, prep: Prepared, tag: str, failures: list[tuple[str, str, str]]) -> bool:
+        """Record the other workloads that failed in a run whose flash boot was measured; True when one of
+        them has now failed twice for this candidate, which ends it (reproducible: the candidate's)."""
+        name = prep.candidate.name
+        for workload, message, output in failures:
+            self._retry(name, f"{tag} {workload}", "workload-failed", f"workload {workload}: {message}", output)
+            times = self.folder.workload_failures(name, workload)
+            self.progress.say("run", name, f"workload {workload} failed ({times} time(s)): {message[:160]}")
+            if times >= 2:
+                self._fail(prep, "run", "workload-failed",
+                           f"workload {workload} failed in {times} runs: {message}", output)
+                return True
+        return False
+
+    def _censor_s(self, cand: Any, metric: str = "boot_s") -> float:
+        """When this candidate's run (or another workload's, by its wall time) may stop: censor_factor times
+        its reference's median so far."""
         factor = self.cfg.repetitions.censor_factor
         ref = cand.compare_to or self.cfg.baseline
         if factor <= 0 or ref == cand.name:
             return 0.0
-        values = sorted(self.folder.counted_values(ref, "boot_s"))
+        values = sorted(self.folder.counted_values(ref, metric))
         return factor * values[len(values) // 2] if values else 0.0
 
     def _check_disturbed(self, load: HostLoad | None) -> None:
