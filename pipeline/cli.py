@@ -19,6 +19,7 @@ from pipeline import __version__, exitcodes
 from pipeline.config import load_config
 from pipeline.errors import ConfigError, InfraError, PipelineError, UserError
 from pipeline.flows.rederive import rederive
+from pipeline.flows.triage import TRIAGE_CENSOR
 from pipeline.report.analysis import analyze
 from pipeline.report.render import load_run, render_json, render_text, write_report
 from pipeline.run.runner import Interrupted
@@ -253,9 +254,9 @@ def _parser() -> argparse.ArgumentParser:
     tri.add_argument("source", help="an mbox file, a maildir message file, or a Message-ID (fetched with b4)")
     tri.add_argument("--bisect", action="store_true", help="when a series of several patches regresses, bisect "
                                                           "it to the patch that does")
-    tri.add_argument("--censor", type=_censor_factor, default=4.0, metavar="K",
+    tri.add_argument("--censor", type=_censor_factor, default=TRIAGE_CENSOR, metavar="K",
                      help="stop a run of the series at K times the baseline's median boot and read it as 'at "
-                          "least' (default 4; 0 measures every run to its end, host CPU included)")
+                          "least' (default 3; 0 measures every run to its end, host CPU included)")
     bis = add("bisect", cmd_bisect, "find the first commit between a good and a bad revision whose measurement "
                                     "differs from the good end's", [config, hosts])
     bis.add_argument("--good", required=True, help="a revision measured as good (commit, tag, branch)")

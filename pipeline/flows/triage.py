@@ -29,7 +29,7 @@ def _slug(subject: str) -> str:
     s = re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-.").lower()
     return ("series-" + s)[:64].rstrip("-.") or "series"
 
-TRIAGE_CENSOR = 4.0  # a series' run stops at 4x the baseline's median boot: "at least 4x slower" answers
+TRIAGE_CENSOR = 3.0  # a series' run stops at 3x the baseline's median: "at least +200%" answers a triage
 
 
 def triage_config(cfg: Config, series: Series, censor: float = TRIAGE_CENSOR) -> tuple[Config, str]:
