@@ -268,8 +268,11 @@ def _headline(rows: list[dict[str, Any]], baseline: str) -> str:
         else:
             cpu = r["comparisons"].get("host_cpu_s", {})
             vs = "" if r["compare_to"] == baseline else f" vs {r['compare_to']}"
-            parts.append(f"{r['name']}: boot {comp['change_pct']:+.0f}%{vs} ({comp['verdict']}), "
-                         f"host CPU {cpu.get('change_pct', math.nan):+.0f}%")
+            least = "at least " if comp.get("censored") else ""
+            cpu_pct = cpu.get("change_pct", math.nan)
+            cost = "host CPU not measured (runs stopped)" if not is_number(cpu_pct) \
+                else f"host CPU {cpu_pct:+.0f}%"
+            parts.append(f"{r['name']}: boot {least}{comp['change_pct']:+.0f}%{vs} ({comp['verdict']}), {cost}")
     return f"vs {baseline}: " + "; ".join(parts) if parts else f"only the baseline ({baseline}) was measured"
 
 
