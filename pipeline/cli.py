@@ -78,7 +78,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from pipeline.run.runner import selected_candidates
-    from pipeline.stages.patch import check_changes
+    from pipeline.stages.patchcheck import check_changes
 
     cfg = load_config(args.config, args.hosts)
     for c in selected_candidates(cfg, args.only):
@@ -196,8 +196,8 @@ def cmd_triage(args: argparse.Namespace) -> int:
 
 def cmd_bisect(args: argparse.Namespace) -> int:
     from pipeline.flows.bisect import Bisector, tree_for_bisect
-    from pipeline.flows.bisect import render_text as bisect_text
-    from pipeline.flows.bisect import write_report as bisect_report
+    from pipeline.flows.bisect_report import render_text as bisect_text
+    from pipeline.flows.bisect_report import write_report as bisect_report
     cfg = load_config(args.config, args.hosts)
     folder = Path(args.resume) if args.resume else None
     if folder and not (folder / "bisect.json").exists():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.flows.bisect import BAD, GOOD, SKIP, decide, next_probe, search
+from pipeline.flows.bisect_search import BAD, GOOD, SKIP, decide, next_probe, search
 
 
 def truth(first_bad: int, skips: frozenset[int] = frozenset()):

@@ -10,7 +10,8 @@ import pytest
 from conftest import REPO, TARBALL, small_config
 
 from pipeline.config import Candidate, Change, load_config
-from pipeline.flows.bisect import Bisector, write_report
+from pipeline.flows.bisect import Bisector
+from pipeline.flows.bisect_report import write_report
 from pipeline.stages.patch import apply_changes
 from pipeline.util.gitutil import git
 

@@ -218,7 +218,7 @@ def test_build_output_costs_bounded_memory(tmp_path: Path) -> None:
 
 def test_a_binary_patch_bomb_is_refused_before_git_sees_it(tmp_path: Path) -> None:
     """#9"""
-    from pipeline.stages.patch import UnsafePatch, check_patch_paths
+    from pipeline.stages.patchcheck import UnsafePatch, check_patch_paths
 
     text = ("diff --git a/fw.bin b/fw.bin\nnew file mode 100644\nindex 0000000..1111111\nGIT binary patch\n"
             "literal 104857600\nzcmeIuK@k8T2m`=<\n\nliteral 0\nHcmV?d00001\n")

@@ -8,7 +8,8 @@ from conftest import git
 
 from pipeline.config import Candidate, Change, Tree
 from pipeline.stages.fetch import FetchedTree, fetch_tree
-from pipeline.stages.patch import PatchFailed, UnsafePatch, apply_changes, check_patch_paths, diff_paths
+from pipeline.stages.patch import PatchFailed, apply_changes
+from pipeline.stages.patchcheck import UnsafePatch, check_patch_paths, diff_paths
 
 
 def tree_for(repo: Path, cache: Path, ref: str = "master") -> FetchedTree:
@@ -153,7 +154,7 @@ def test_retargeting_an_existing_symlink_is_refused(small_repo: Path, tmp_path: 
             "@@ -1 +1 @@\n-README\n\\ No newline at end of file\n+/etc/shadow\n\\ No newline at end of file\n")
     with pytest.raises(UnsafePatch, match="symlink"):
         check_patch_paths(text, "retarget.diff")
-    from pipeline.stages.patch import check_change_set
+    from pipeline.stages.patchcheck import check_change_set
     blob = git(ft.store, "hash-object", "-w", "--stdin", input="/etc/shadow").strip()
     tree = git(ft.store, "mktree", input=f"120000 blob {blob}\tlink\n").strip()
     evil = git(ft.store, "commit-tree", tree, "-p", ft.commit, "-m", "x").strip()

@@ -13,7 +13,7 @@ from conftest import REPO, TARBALL, git, small_config
 
 from pipeline.errors import UserError
 from pipeline.flows.mail import parse_series, resolve_source, write_reply
-from pipeline.stages.patch import UnsafePatch
+from pipeline.stages.patchcheck import UnsafePatch
 
 
 def make_mbox(repo: Path, tmp_path: Path, n: int = 2, cover: bool = True, reverse: bool = False) -> Path:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
-from pipeline.stages.patch import MAX_PATCH_BYTES, check_patch_paths
+from pipeline.stages.patchcheck import MAX_PATCH_BYTES, check_patch_paths
 from pipeline.util import proc
 from pipeline.util.untrusted import clean, defuse_trailers
 

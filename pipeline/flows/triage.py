@@ -1,7 +1,7 @@
 """triage: from a patch series posted to a mailing list to a report and a reply email.
 
 The email is untrusted: it is parsed with the standard library, size-checked,
-its diffs' paths are checked before git sees them (patch.check_patch_paths),
+its diffs' paths are checked before git sees them (patchcheck.check_patch_paths),
 its text reaches the HTML only through autoescaping, and nothing from it is
 ever passed to a shell.
 """
@@ -122,7 +122,7 @@ def series_commits(results: dict[str, Any], cand: str) -> tuple[str, list[str]]:
 def bisect_series(cfg: Config, results: dict[str, Any], cand: str, series: Series, progress: Any) -> str:
     """Which patch of a regressing series regresses: a bisection over its commits. Returns a paragraph."""
     from pipeline.flows.bisect import Bisector
-    from pipeline.flows.bisect import write_report as bisect_report
+    from pipeline.flows.bisect_report import write_report as bisect_report
 
     base, commits = series_commits(results, cand)
     if len(commits) < 2 or not base:

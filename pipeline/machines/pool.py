@@ -20,8 +20,9 @@ from typing import Any
 from pipeline.errors import InfraError
 from pipeline.machines.accel import Accelerator, choose_accelerator
 from pipeline.machines.executor import Executor, LocalExecutor
-from pipeline.machines.remote import RemoteExecutor, describe
+from pipeline.machines.remote import RemoteExecutor
 from pipeline.machines.spec import HostSpec
+from pipeline.machines.sshlink import describe
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ from pipeline.run.measure import Prepared
 from pipeline.stages.build import build_kernel, compiler_version
 from pipeline.stages.fetch import FetchedTree, fetch_tree, retire_old_layout, sha256_file
 from pipeline.stages.kconfig import config_differences
-from pipeline.stages.patch import PatchedTree, PatchFailed, UnsafePatch, apply_changes, check_changes
+from pipeline.stages.patch import PatchedTree, PatchFailed, apply_changes
+from pipeline.stages.patchcheck import UnsafePatch, check_changes
 from pipeline.stages.slots import run_in_slot
 from pipeline.stages.steps import BuildFailed
 from pipeline.util.progress import Progress
