@@ -24,7 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline.config import Candidate, Change, Tree, load_config  # noqa: E402
+from pipeline.candidates import Candidate, Change, Tree  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
 from pipeline.stages.fetch import fetch_tree  # noqa: E402
 from pipeline.stages.patch import apply_changes  # noqa: E402
 from pipeline.util.gitutil import git  # noqa: E402

@@ -34,7 +34,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline.config import Candidate, Change, KernelConfig, TestHost, Tree  # noqa: E402
+from pipeline.candidates import Candidate, Change, Tree  # noqa: E402
+from pipeline.config import KernelConfig, TestHost  # noqa: E402
 from pipeline.machines.accel import choose_accelerator  # noqa: E402
 from pipeline.machines.executor import LocalExecutor  # noqa: E402
 from pipeline.stages.boot import boot_test_host  # noqa: E402

@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline.config import Workload, load_config  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
 from pipeline.machines.accel import choose_accelerator  # noqa: E402
 from pipeline.machines.executor import LocalExecutor  # noqa: E402
 from pipeline.records.results import RunFolder  # noqa: E402
@@ -34,7 +34,13 @@ from pipeline.run.prepare import Preparer  # noqa: E402
 from pipeline.stages.boot import boot_test_host  # noqa: E402
 from pipeline.stages.initramfs import build_initramfs  # noqa: E402
 from pipeline.util.progress import Progress  # noqa: E402
-from pipeline.workloads.flash import WorkloadFailed, build_vmm, install_vmm, run_workload  # noqa: E402
+from pipeline.workloads.flash import (  # noqa: E402
+    Workload,  # noqa: E402
+    WorkloadFailed,
+    build_vmm,
+    install_vmm,
+    run_workload,
+)
 
 SHOWN = ("boot_s", "gp_ms", "updates_over_jiffy", "host_cpu_s", "kworker_cpu_s", "reader_exits_per_s")
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Candidate, KernelConfig, TestHost, Tree
+from pipeline.candidates import Candidate, Tree
+from pipeline.config import KernelConfig, TestHost
 from pipeline.machines.accel import choose_accelerator
 from pipeline.machines.executor import LocalExecutor
 from pipeline.stages.boot import boot_test_host

@@ -78,8 +78,10 @@ def test_inconclusive_to_the_end_is_placed_by_the_nearest_end_and_says_so() -> N
 
 def test_noisy_steps_measure_more_rounds_before_deciding(tmp_path: Path) -> None:
     """A whole bisection with injected measurements: a step whose first rounds are inconclusive gets more."""
-    from pipeline.config import Candidate, Config, KernelConfig, Repetitions, Tree, Workload
+    from pipeline.candidates import Candidate, Tree
+    from pipeline.config import Config, KernelConfig, Repetitions
     from pipeline.flows.bisect import Bisector
+    from pipeline.workloads.flash import Workload
 
     cfg = Config.__new__(Config)
     for k, v in {"trees": {"t": Tree("t", git="x", ref="y")}, "runs_dir": tmp_path, "cache_dir": tmp_path,

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, TARBALL, small_config
 
-from pipeline.config import Candidate, Change, load_config
+from pipeline.candidates import Candidate, Change
+from pipeline.config import load_config
 from pipeline.flows.bisect import Bisector
 from pipeline.flows.bisect_report import write_report
 from pipeline.stages.patch import apply_changes

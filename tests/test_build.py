@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import FRAGMENT, REPO
 
-from pipeline.config import Candidate, Change, KernelConfig
+from pipeline.candidates import Candidate, Change
+from pipeline.config import KernelConfig
 from pipeline.stages.build import build_kernel
 from pipeline.stages.patch import apply_changes
 from pipeline.stages.slots import slot_path

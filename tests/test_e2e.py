@@ -12,14 +12,15 @@ from pathlib import Path
 import pytest
 from conftest import FRAGMENT, TARBALL, qemu_pids, small_config
 
-from pipeline.config import Candidate, Change, KernelConfig, Workload
+from pipeline.candidates import Candidate, Change
+from pipeline.config import KernelConfig
 from pipeline.errors import InfraError
 from pipeline.machines.executor import LocalExecutor
 from pipeline.stages.boot import BootFailed, QemuFailed, boot_test_host
 from pipeline.stages.build import build_kernel
 from pipeline.stages.kconfig import ConfigOptionDropped
 from pipeline.stages.patch import apply_changes
-from pipeline.workloads.flash import build_vmm, install_vmm, run_workload
+from pipeline.workloads.flash import Workload, build_vmm, install_vmm, run_workload
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not TARBALL.exists(), reason="apt-get install linux-source-6.1 (./setup.sh)")]
@@ -191,7 +192,8 @@ def test_kvm_selftest_from_the_tree_runs_in_the_test_host(fetched, test_host, e2
     import subprocess
 
     from pipeline.run.prepare import build_selftest
-    from pipeline.workloads.kinds import ExtraWorkload, run_extra
+    from pipeline.workloads.extra import ExtraWorkload
+    from pipeline.workloads.kinds import run_extra
 
     install_vmm(test_host, build_vmm(e2e_cache))  # other tests may have run the flash VMM: it does not matter
     w = ExtraWorkload("st", "kvm-selftest", metric, test=test, args=args, timeout_s=300)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import git
 
-from pipeline.config import Tree
+from pipeline.candidates import Tree
 from pipeline.errors import UserError
 from pipeline.stages.fetch import fetch_tree
 
@@ -62,7 +62,7 @@ def test_unknown_ref_is_a_clear_error(small_repo: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_real_linux_source_import_and_srcutree_patch(tmp_path: Path) -> None:
     """Import Debian's linux-source-6.1 and apply the regression candidate to kernel/rcu/srcutree.c."""
-    from pipeline.config import Candidate, Change
+    from pipeline.candidates import Candidate, Change
     from pipeline.stages.patch import apply_changes
 
     tb = Path("/usr/src/linux-source-6.1.tar.xz")

@@ -22,8 +22,9 @@ from pipeline.machines.hostcmd import RemoteResult, RemoteTimeout
 from pipeline.machines.pool import OK
 from pipeline.util.proc import run
 from pipeline.util.untrusted import clean, defuse_trailers, quote_block
+from pipeline.workloads.extra import ExtraWorkload
 from pipeline.workloads.flash import WorkloadFailed, parse_output, run_workload
-from pipeline.workloads.kinds import CommandKind, ExtraWorkload
+from pipeline.workloads.kinds import CommandKind
 
 GOOD_VMM = json.loads((Path(__file__).parent / "data" / "flashvmm-v2-baseline.json").read_text())
 
@@ -67,7 +68,7 @@ HOSTILE_OUTPUTS = {
 @pytest.mark.parametrize("kind", sorted(HOSTILE_OUTPUTS))
 def test_hostile_vmm_output_is_the_candidates_workload_failure(kind: str) -> None:
     """#10, #13: the candidate fails (not retried); nothing escapes as another exception type."""
-    from pipeline.config import Workload
+    from pipeline.workloads.flash import Workload
 
     with pytest.raises(WorkloadFailed) as info:
         run_workload(CannedHost(HOSTILE_OUTPUTS[kind]), Workload(cycles=10), 2)  # type: ignore[arg-type]
@@ -75,7 +76,7 @@ def test_hostile_vmm_output_is_the_candidates_workload_failure(kind: str) -> Non
 
 
 def test_the_real_output_still_parses() -> None:
-    from pipeline.config import Workload
+    from pipeline.workloads.flash import Workload
 
     res = run_workload(CannedHost(json.dumps(GOOD_VMM)), Workload(cycles=10), 2)  # type: ignore[arg-type]
     assert res.metrics["boot_s"] > 0

@@ -12,13 +12,15 @@ from typing import Any
 
 import pytest
 
-from pipeline.config import Candidate, Config, Repetitions, Workload
+from pipeline.candidates import Candidate
+from pipeline.config import Config, Repetitions
 from pipeline.machines.pool import OK, PoolHost
 from pipeline.records.results import RunFolder
-from pipeline.run.measure import Measurer, Prepared
+from pipeline.run.measure import Measurer
+from pipeline.run.repetition import Prepared
 from pipeline.stages.boot import BootFailed
 from pipeline.util.progress import Progress
-from pipeline.workloads.flash import WorkloadFailed, WorkloadResult
+from pipeline.workloads.flash import Workload, WorkloadFailed, WorkloadResult
 
 
 @dataclass
@@ -210,7 +212,7 @@ def test_nothing_is_measured_when_only_references_are_left() -> None:
 
 
 def test_other_workloads_run_in_each_repetition_and_their_failure_twice_is_the_candidates(tmp_path: Path) -> None:
-    from pipeline.workloads.kinds import ExtraWorkload, WorkloadOutputError
+    from pipeline.workloads.extra import ExtraWorkload, WorkloadOutputError
 
     script = Script({"a": ["ok"], "b": ["ok"]})
     m, folder, preps, failures = make(tmp_path, script, counted=3)
@@ -245,7 +247,7 @@ def test_other_workloads_run_in_each_repetition_and_their_failure_twice_is_the_c
 def test_a_workload_failing_once_keeps_the_run_and_the_candidate(tmp_path: Path) -> None:
     """memslot_modification_stress_test failed an assertion once in twelve runs of the default evaluation
     (EINTR): that run's flash boot counts, its selftest figure is missing, the candidate goes on."""
-    from pipeline.workloads.kinds import ExtraWorkload, WorkloadOutputError
+    from pipeline.workloads.extra import ExtraWorkload, WorkloadOutputError
 
     script = Script({"a": ["ok"], "b": ["ok"]})
     m, folder, preps, failures = make(tmp_path, script, counted=3)
@@ -273,7 +275,7 @@ def test_a_workload_failing_once_keeps_the_run_and_the_candidate(tmp_path: Path)
 
 
 def test_other_workloads_are_censored_at_the_factor_times_their_reference(tmp_path: Path) -> None:
-    from pipeline.workloads.kinds import ExtraWorkload
+    from pipeline.workloads.extra import ExtraWorkload
 
     reps = Repetitions(warmup=0, counted=2, max_counted=2, retries=0, censor_factor=3.0)
     script = Script({"a": ["ok"], "b": ["ok"]})
@@ -338,7 +340,7 @@ def test_the_foreign_load_estimator_against_a_known_duty_cycle(tmp_path: Path) -
 
 def test_a_disturbed_run_is_retried_and_listed_with_its_load(tmp_path: Path) -> None:
     from pipeline.machines.load import HostLoad
-    from pipeline.run.measure import RunDisturbed
+    from pipeline.run.repetition import RunDisturbed
 
     script = Script({"a": ["ok"]})
     m, folder, preps, failures = make(tmp_path, script, counted=1, retries=1)

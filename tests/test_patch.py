@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from conftest import git
 
-from pipeline.config import Candidate, Change, Tree
+from pipeline.candidates import Candidate, Change, Tree
 from pipeline.stages.fetch import FetchedTree, fetch_tree
 from pipeline.stages.patch import PatchFailed, apply_changes
 from pipeline.stages.patchcheck import UnsafePatch, check_patch_paths, diff_paths

@@ -21,10 +21,11 @@ from conftest import FRAGMENT, REPO, qemu_pids, small_config
 from sshd_hosts import SshdHost, descendants, keygen
 
 from pipeline import exitcodes
-from pipeline.config import HostSpec, KernelConfig, load_config
+from pipeline.config import KernelConfig, load_config
 from pipeline.errors import ConfigError
 from pipeline.machines.pool import LOST, OK, UNUSABLE, UNUSED, HostLost, Job, PoolHost, check_pool, dispatch
 from pipeline.machines.remote import RemoteExecutor, parse_probe
+from pipeline.machines.spec import HostSpec
 from pipeline.report.analysis import analyze
 from pipeline.stages.sandbox import forget_owner
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import git
 
-from pipeline.config import Candidate, Change, KernelConfig, Tree
+from pipeline.candidates import Candidate, Change, Tree
+from pipeline.config import KernelConfig
 from pipeline.stages.build import build_kernel
 from pipeline.stages.fetch import fetch_tree
 from pipeline.stages.patch import apply_changes

@@ -11,7 +11,9 @@ from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from pipeline.report.analysis import analyze
 from pipeline.workloads import kinds
-from pipeline.workloads.kinds import CommandKind, ExtraWorkload, SelftestKind, WorkloadOutputError
+from pipeline.workloads.extra import ExtraWorkload, WorkloadOutputError
+from pipeline.workloads.kinds import CommandKind
+from pipeline.workloads.selftest import SelftestKind
 
 REPO = Path(__file__).resolve().parent.parent
 

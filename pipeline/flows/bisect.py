@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Candidate, Config, Repetitions
+from pipeline.candidates import Candidate
+from pipeline.config import Config, Repetitions
 from pipeline.errors import UserError
 from pipeline.flows.bisect_search import BAD, GOOD, SKIP, decide, search
 from pipeline.records.results import IDENTICAL, new_run_id, write_json_atomic

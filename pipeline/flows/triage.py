@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import __version__
-from pipeline.config import Candidate, Change, Config, Tree
+from pipeline.candidates import Candidate, Change, Tree
+from pipeline.config import Config
 from pipeline.errors import UserError
 from pipeline.flows.mail import WIDTH, Series, parse_series, reply_sender, resolve_source, write_reply
 from pipeline.flows.reproduce import fix_tags, lkp_table, machine_lines, workload_lines, write_archive, write_bundle

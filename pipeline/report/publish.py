@@ -58,3 +58,21 @@ def publishable(data: Any, run_dir: Path) -> Any:
         return x
 
     return walk(data)
+
+
+def copy_logs(run_dir: Path, out_dir: Path) -> None:
+    """Copy the run's logs next to the report: regular files only (a symlink in a run folder is never
+    followed, so nothing outside it can be published), nothing deleted, existing files overwritten."""
+    src = run_dir / "logs"
+    if not src.is_dir() or src.is_symlink():
+        return
+    path_labels = labels(run_dir)
+    for path in sorted(src.rglob("*")):
+        if any(p.is_symlink() for p in (path, *path.relative_to(src).parents) if p != Path(".")) \
+                or not path.is_file():
+            continue
+        dest = out_dir / "logs" / path.relative_to(src)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        # Published, so this machine's paths become labels (the run folder keeps them as they were).
+        text = path.read_bytes().decode("utf-8", errors="surrogateescape")
+        dest.write_bytes(local_path(text, path_labels).encode("utf-8", errors="surrogateescape"))

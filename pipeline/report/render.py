@@ -14,7 +14,7 @@ import jinja2
 from pipeline.errors import UserError
 from pipeline.records.results import read_results, write_json_atomic, write_text_atomic
 from pipeline.report.analysis import METRICS, analyze, fmt_num, fmt_p, is_number
-from pipeline.report.publish import labels, local_path, publishable
+from pipeline.report.publish import copy_logs, publishable
 from pipeline.report.stats import SMALL
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -230,24 +230,6 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
-def _copy_logs(run_dir: Path, out_dir: Path) -> None:
-    """Copy the run's logs next to the report: regular files only (a symlink in a run folder is never
-    followed, so nothing outside it can be published), nothing deleted, existing files overwritten."""
-    src = run_dir / "logs"
-    if not src.is_dir() or src.is_symlink():
-        return
-    path_labels = labels(run_dir)
-    for path in sorted(src.rglob("*")):
-        if any(p.is_symlink() for p in (path, *path.relative_to(src).parents) if p != Path(".")) \
-                or not path.is_file():
-            continue
-        dest = out_dir / "logs" / path.relative_to(src)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        # Published, so this machine's paths become labels (the run folder keeps them as they were).
-        text = path.read_bytes().decode("utf-8", errors="surrogateescape")
-        dest.write_bytes(local_path(text, path_labels).encode("utf-8", errors="surrogateescape"))
-
-
 def render_html(results: dict[str, Any], metadata: dict[str, Any], analysis: dict[str, Any] | None = None,
                 reply: bool = False) -> str:
     from pipeline.report.plots import all_plots
@@ -270,7 +252,7 @@ def write_report(run_dir: Path, reports_dir: Path) -> Path:
     out = reports_dir / run_id
     out.mkdir(parents=True, exist_ok=True)
     if out.resolve() != run_dir.resolve():  # rendering a published report in place copies nothing onto itself
-        _copy_logs(run_dir, out)
+        copy_logs(run_dir, out)
         # What others read carries no local path (the run folder keeps them).
         results, metadata = publishable(results, run_dir), publishable(metadata, run_dir)
         write_json_atomic(out / "results.json", results)

@@ -7,10 +7,11 @@ import shutil
 import time
 from pathlib import Path
 
-from pipeline.config import Candidate, Config, KernelConfig
+from pipeline.candidates import Candidate
+from pipeline.config import Config, KernelConfig
 from pipeline.errors import PipelineError, UserError
 from pipeline.records.results import PASS, RunFolder
-from pipeline.run.measure import Prepared
+from pipeline.run.repetition import Prepared
 from pipeline.stages.build import build_kernel, compiler_version
 from pipeline.stages.fetch import FetchedTree, fetch_tree, retire_old_layout, sha256_file
 from pipeline.stages.kconfig import config_differences
@@ -20,7 +21,8 @@ from pipeline.stages.slots import run_in_slot
 from pipeline.stages.steps import BuildFailed
 from pipeline.util.progress import Progress
 from pipeline.util.safefs import UnsafeArtifact, copy_regular
-from pipeline.workloads.kinds import ExtraWorkload, SelftestKind
+from pipeline.workloads.extra import ExtraWorkload
+from pipeline.workloads.selftest import SelftestKind
 
 
 class Preparer:

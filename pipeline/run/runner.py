@@ -10,7 +10,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.config import Candidate, Config
+from pipeline.candidates import Candidate
+from pipeline.config import Config
 from pipeline.errors import InfraError, PipelineError, UserError
 from pipeline.machines.executor import LocalExecutor
 from pipeline.machines.pool import OK, PoolHost, check_pool, distcc_hosts

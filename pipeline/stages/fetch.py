@@ -17,7 +17,7 @@ from pathlib import Path
 
 import git as gitpython
 
-from pipeline.config import Tree
+from pipeline.candidates import Tree
 from pipeline.errors import UserError
 from pipeline.util.gitutil import git
 from pipeline.util.proc import CommandFailed, run

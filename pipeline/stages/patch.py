@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.config import Candidate, Change
+from pipeline.candidates import Candidate, Change
 from pipeline.errors import UserError
 from pipeline.stages.fetch import IMPORT_DATE, FetchedTree
 from pipeline.stages.patchcheck import check_change_set, check_changes, is_mbox, read_patch

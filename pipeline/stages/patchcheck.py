@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path, PurePosixPath
 
-from pipeline.config import Candidate
+from pipeline.candidates import Candidate
 from pipeline.errors import UserError
 from pipeline.util.gitutil import git
 

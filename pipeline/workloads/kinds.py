@@ -27,65 +27,20 @@ Kinds:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.util.gitutil import git
+from pipeline.workloads.extra import ExtraWorkload, WorkloadOutputError, common_settings, finite
+from pipeline.workloads.selftest import SelftestKind
 
-SELFTESTS = {  # test -> headline metric
-    "memslot_modification_stress_test": "iteration_ms",
-    "memslot_perf_test": "best_iteration_ms",
-}
-# Each test's getopt string in 6.1 (a letter followed by ':' takes a value), and the options whose value
-# must be a whole number: checked at load, so a typo fails with its key and line, not after every build.
-SELFTEST_OPTIONS = {
-    "memslot_modification_stress_test": ("hm:d:b:v:oi:", "dvi"),
-    "memslot_perf_test": ("hvds:f:e:l:r:", "sfelr"),
-}
 REMOTE_DIR = "/tmp/kpipe-workloads"
-_DONE = re.compile(r"Done (\d+) iterations, avg (\d+)\.(\d{9})s each")
-_BEST = re.compile(r"Best runtime result was (\d+)\.(\d{9})s per iteration \(with (\d+) iterations\)")
-_SETUP = re.compile(r"Best slot setup time for the whole test area was (\d+)\.(\d{9})s")
 # Wall time of the command in the test host, from /proc/uptime (centiseconds).
 _TIMED = ('read a _ < /proc/uptime; "$@"; rc=$?; read b _ < /proc/uptime; '
           'echo "kpipe-wall-cs=$(( ${b%.*}${b#*.} - ${a%.*}${a#*.} ))" >&2; exit $rc')
-_ARG_RE = re.compile(r"^[A-Za-z0-9_.,:=+\-/]{1,64}$")
-
-
-@dataclass(frozen=True)
-class ExtraWorkload:
-    name: str
-    kind: str
-    headline: str
-    timeout_s: int = 600
-    test: str = ""  # kvm-selftest
-    args: tuple[str, ...] = ()
-    path: Path | None = None  # command
-    lower_is_better: bool = True
-    # Set per run by the runner (repetitions.censor_factor), never by a config: > 0 stops the workload after
-    # this long when its kind can read a lower bound from that (a censored run of this workload).
-    censor_s: float = 0.0
-
-    def metric(self, m: str) -> str:
-        return f"{self.name}.{m}"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "headline": self.metric(self.headline), "test": self.test,
-                "args": list(self.args), "path": str(self.path) if self.path else "", "timeout_s": self.timeout_s}
-
-
-class WorkloadOutputError(Exception):
-    """The workload failed or its output could not be read as metrics (the candidate's, not retried)."""
-
-    def __init__(self, message: str, output: str = ""):
-        self.output = output
-        super().__init__(message)
 
 
 # -- config ---------------------------------------------------------------------------------------
@@ -105,114 +60,6 @@ def load_workloads(r: Any, data: Any) -> tuple[ExtraWorkload, ...]:
     return tuple(out)
 
 
-def _common(r: Any, item: dict, p: str, allowed: tuple[str, ...]) -> dict[str, Any]:
-    m = r.mapping(item, p, ("kind", "name", "timeout_s", "args", *allowed))
-    kw: dict[str, Any] = {}
-    if "timeout_s" in m:
-        kw["timeout_s"] = r.typed(m["timeout_s"], f"{p}.timeout_s", int, lambda x: 1 <= x <= 86400, "1 to 86400")
-    if "args" in m:
-        args = r.typed(m["args"], f"{p}.args", list)
-        kw["args"] = tuple(r.typed(a, f"{p}.args[{j}]", str, lambda x: bool(_ARG_RE.match(x)),
-                                   "a word of letters, digits and _.,:=+-/") for j, a in enumerate(args))
-    return kw
-
-
-# -- kvm-selftest ---------------------------------------------------------------------------------
-
-class SelftestKind:
-    name = "kvm-selftest"
-
-    @staticmethod
-    def settings(r: Any, item: dict, p: str, name: str) -> ExtraWorkload:
-        kw = _common(r, item, p, ("test",))
-        test = r.typed(item.get("test", "memslot_modification_stress_test"), f"{p}.test", str,
-                       lambda x: x in SELFTESTS, "one of " + ", ".join(SELFTESTS))
-        kw.setdefault("args", ("-v", "1", "-b", "16M", "-i", "200") if test.startswith("memslot_mod")
-                      # test 3, "move active area": each iteration moves a memslot the vCPU is using. The
-                      # map and unmap tests need madvise(), which the tinyconfig test host leaves out.
-                      else ("-f", "3", "-e", "3", "-l", "2", "-r", "1", "-s", "256"))
-        _check_selftest_args(r, f"{p}.args", test, kw["args"])
-        return ExtraWorkload(name, "kvm-selftest", SELFTESTS[test], test=test, **kw)
-
-    @staticmethod
-    def key(w: ExtraWorkload, store: Path, commit: str, compiler: str) -> str:
-        """What the selftest binary depends on: the tree's tools/ and UAPI headers, and the compiler."""
-        h = hashlib.sha256(f"selftest-2\0{w.test}\0{compiler}\0".encode())
-        # Everything headers_install and the selftests' make read: the generated syscall headers come from
-        # arch/x86/entry/syscalls, the install rules from usr/ and scripts/.
-        for sub in ("tools", "include/uapi", "arch/x86/include/uapi", "arch/x86/entry/syscalls", "usr", "scripts",
-                    "Makefile", "arch/x86/Makefile"):
-            h.update(git(["rev-parse", f"{commit}:{sub}"], store).output.strip().encode() + b"\0")
-        return h.hexdigest()
-
-    @staticmethod
-    def build_argv(w: ExtraWorkload, src: Path, out: Path) -> list[list[str]]:
-        """make steps, run in the kernel's build slot (src = the source as the build sees it)."""
-        build = src / "build"
-        return [
-            ["make", "-C", str(src), "O=build", "-s", "headers_install"],
-            ["make", "-C", str(src / "tools/testing/selftests/kvm"), f"OUTPUT={out}",
-             f"KHDR_INCLUDES=-isystem {build}/usr/include", f"INSTALL_HDR_PATH={build}/usr",
-             "LDFLAGS=-static -pthread -no-pie", f"{out}/{w.test}"],
-        ]
-
-    @staticmethod
-    def argv(w: ExtraWorkload, remote: str) -> list[str]:
-        return [remote, *w.args]
-
-    @staticmethod
-    def lower_bound(w: ExtraWorkload, wall_s: float) -> dict[str, float] | None:
-        """The metrics a run stopped after `wall_s` is known to exceed: the stress test's headline is its wall
-        time per iteration, so it is at least this; the perf test's best iteration has no such bound."""
-        if w.test != "memslot_modification_stress_test":
-            return None
-        iterations = int(w.args[w.args.index("-i") + 1]) if "-i" in w.args else 1
-        return {"iteration_ms": 1000.0 * wall_s / iterations, "wall_s": wall_s, "iterations": iterations}
-
-    @staticmethod
-    def parse(w: ExtraWorkload, output: str, wall_s: float) -> dict[str, float]:
-        if w.test == "memslot_modification_stress_test":
-            if "All vCPU threads joined" not in output:
-                raise WorkloadOutputError("the stress test did not report 'All vCPU threads joined'")
-            iterations = int(w.args[w.args.index("-i") + 1]) if "-i" in w.args else 1
-            return {"iteration_ms": 1000.0 * wall_s / iterations, "wall_s": wall_s, "iterations": iterations}
-        best = _BEST.search(output)
-        if not best:
-            raise WorkloadOutputError("no 'Best runtime result was ...' line")
-        out = {"best_iteration_ms": 1000.0 * (int(best.group(1)) + int(best.group(2)) / 1e9),
-               "best_iterations": float(best.group(3)), "wall_s": wall_s}
-        done = _DONE.search(output)
-        if done:
-            out["avg_iteration_ms"] = 1000.0 * (int(done.group(2)) + int(done.group(3)) / 1e9)
-        setup = _SETUP.search(output)
-        if setup:
-            out["setup_ms"] = 1000.0 * (int(setup.group(1)) + int(setup.group(2)) / 1e9)
-        return out
-
-
-def _check_selftest_args(r: Any, p: str, test: str, args: tuple[str, ...]) -> None:
-    """The args as the test's getopt would read them: known options, a value where one is needed."""
-    spec, numeric = SELFTEST_OPTIONS[test]
-    takes = {c for i, c in enumerate(spec) if c != ":" and spec[i + 1: i + 2] == ":"}
-    known = {c for c in spec if c != ":"}
-    i = 0
-    while i < len(args):
-        a = args[i]
-        if not re.fullmatch(r"-[A-Za-z]", a) or a[1] not in known:
-            raise r.error(f"{p}[{i}]", f"{a!r} is not an option of {test} (options: "
-                          + " ".join(f"-{c}" + (" N" if c in takes else "") for c in sorted(known)) + ")")
-        if a[1] in takes:
-            if i + 1 >= len(args) or re.fullmatch(r"-[A-Za-z]", args[i + 1]):
-                raise r.error(f"{p}[{i}]", f"{a} needs a value")
-            if a[1] in numeric and not re.fullmatch(r"[0-9]{1,9}", args[i + 1]):
-                raise r.error(f"{p}[{i + 1}]", f"{a} takes a whole number, not {args[i + 1]!r}")
-            if a == "-i" and int(args[i + 1]) < 1:
-                raise r.error(f"{p}[{i + 1}]", "-i takes at least 1 (the iterations the time is divided by)")
-            i += 2
-        else:
-            i += 1
-
-
 # -- command --------------------------------------------------------------------------------------
 
 class CommandKind:
@@ -220,7 +67,7 @@ class CommandKind:
 
     @staticmethod
     def settings(r: Any, item: dict, p: str, name: str) -> ExtraWorkload:
-        kw = _common(r, item, p, ("path", "headline", "higher_is_better"))
+        kw = common_settings(r, item, p, ("path", "headline", "higher_is_better"))
         if "path" not in item:
             raise r.error(p, "missing required key 'path' (the script or static binary to run in the test host)")
         path = r.existing_file(item["path"], f"{p}.path")
@@ -251,11 +98,11 @@ class CommandKind:
             if isinstance(data, dict):
                 values = {k: f for k, v in data.items()
                           if isinstance(v, int | float) and not isinstance(v, bool) and re.fullmatch(r"\w{1,40}", k)
-                          and (f := _finite(v)) is not None}
+                          and (f := finite(v)) is not None}
         if not values:
             for line in text.splitlines():
                 m = _KEY_VALUE.fullmatch(line)
-                if m and (f := _finite(m.group(2))) is not None:
+                if m and (f := finite(m.group(2))) is not None:
                     values[m.group(1)] = f
         if w.headline not in values:
             raise WorkloadOutputError(f"no '{w.headline}' in the output (JSON object or key=value lines)")
@@ -264,15 +111,6 @@ class CommandKind:
 
 
 _KEY_VALUE = re.compile(r"\s*(\w{1,40})\s*=\s*(-?\d{1,30}(?:\.\d{1,30})?(?:[eE][-+]?\d{1,3})?)\s*")
-
-
-def _finite(v: Any) -> float | None:
-    """v as a finite float, or None (a version string, a 400-digit number, NaN: not a metric)."""
-    try:
-        f = float(v)
-    except (ValueError, OverflowError, TypeError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 KINDS: dict[str, Any] = {"kvm-selftest": SelftestKind, "command": CommandKind}
