@@ -77,3 +77,35 @@ def test_a_closed_link_is_reopened_before_a_command_and_not_forever(monkeypatch:
 def _dead(conn: Any) -> Any:
     conn.transport.active = False
     return conn
+
+
+def test_a_link_that_breaks_mid_command_is_the_infrastructures_by_type() -> None:
+    """Below the boundary paramiko raises EOFError, socket errors and SSHException; above it only
+    InfraError (LinkLost) arrives, so the measuring rules read the family from the type."""
+    from pipeline.errors import InfraError
+    from pipeline.machines.hostcmd import LinkLost, run_command
+
+    class Channel:
+        closed = False
+
+        def exec_command(self, command: str) -> None:
+            pass
+
+        def shutdown_write(self) -> None:
+            pass
+
+        def recv_ready(self) -> bool:
+            raise EOFError("the link went away")
+
+        def close(self) -> None:
+            self.closed = True
+
+    chan = Channel()
+
+    class Transport:
+        def open_session(self, timeout: float) -> Channel:
+            return chan
+
+    with pytest.raises(LinkLost, match="EOFError: the link went away") as info:
+        run_command(Transport(), "true", timeout=5)  # type: ignore[arg-type]
+    assert isinstance(info.value, InfraError) and chan.closed

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from test_measure import Script, make
 
+from pipeline.errors import InfraError, UserError
 from pipeline.machines.hostcmd import RemoteResult, RemoteTimeout
 from pipeline.machines.pool import OK
 from pipeline.util.proc import run
@@ -72,7 +73,7 @@ def test_hostile_vmm_output_is_the_candidates_workload_failure(kind: str) -> Non
 
     with pytest.raises(WorkloadFailed) as info:
         run_workload(CannedHost(HOSTILE_OUTPUTS[kind]), Workload(cycles=10), 2)  # type: ignore[arg-type]
-    assert not info.value.infrastructure
+    assert isinstance(info.value, UserError) and not isinstance(info.value, InfraError)  # the candidate's
 
 
 def test_the_real_output_still_parses() -> None:

@@ -82,3 +82,27 @@ def test_modules_stay_small() -> None:
     big = {str(f.relative_to(PKG.parent)): n for f in PKG.rglob("*.py")
            if (n := len(f.read_text().splitlines())) > MAX_LINES}
     assert not big, f"split these (over {MAX_LINES} lines): {big}"
+
+
+def test_every_exception_is_a_users_or_the_infrastructures_by_class() -> None:
+    """Retry rules and exit codes read the family from the type (errors.py): no exception class of the house
+    sits outside UserError and InfraError, but the signals that unwind an interrupted run (Stopped,
+    Interrupted: BaseExceptions, like KeyboardInterrupt, so no `except Exception` swallows them)."""
+    import importlib
+    import inspect
+
+    from pipeline.errors import InfraError, PipelineError, UserError
+
+    outside = []
+    for name in _modules():
+        if name.endswith("__main__"):
+            continue  # importing it runs the command line
+        mod = importlib.import_module(name)
+        for cls_name, cls in inspect.getmembers(mod, inspect.isclass):
+            if cls.__module__ != name or not issubclass(cls, BaseException):
+                continue
+            if cls in (PipelineError, UserError, InfraError) or not issubclass(cls, Exception):
+                continue
+            if not issubclass(cls, (UserError, InfraError)):
+                outside.append(f"{name}.{cls_name}")
+    assert outside == []

@@ -20,7 +20,7 @@ from pipeline.run.measure import Measurer
 from pipeline.run.repetition import Prepared
 from pipeline.stages.boot import BootFailed
 from pipeline.util.progress import Progress
-from pipeline.workloads.flash import Workload, WorkloadFailed, WorkloadResult
+from pipeline.workloads.flash import Workload, WorkloadFailed, WorkloadLost, WorkloadResult
 
 
 @dataclass
@@ -97,9 +97,9 @@ def make(tmp_path: Path, script: Script, counted: int = 3, retries: int = 2,
     def workload(host: Any, w: Workload, cpus: int) -> WorkloadResult:
         step = current.get(threading.get_ident(), "ok")
         if step == "watchdog":
-            raise WorkloadFailed("workload watchdog fired after 600 s", "{}", infrastructure=True)
+            raise WorkloadLost("workload watchdog fired after 600 s", "{}")
         if step == "guest":
-            raise WorkloadFailed("workload reported guest-failed", "{}", infrastructure=False)
+            raise WorkloadFailed("workload reported guest-failed", "{}")
         value = boot_s(current.get(("name", threading.get_ident()))) if boot_s else 1.0
         if 0 < w.censor_s < value:  # as flashvmm --censor-ms: stopped at the limit
             return WorkloadResult({"status": "censored"}, {"boot_s": w.censor_s, "updates": 5.0}, censored=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import select
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import paramiko
 
@@ -64,6 +65,20 @@ class ChannelNotOpened(InfraError):
     """The SSH transport would not open a session (the link dropped): the command never started."""
 
 
+class LinkLost(InfraError):
+    """The SSH link failed while a command or an upload was under way: it may or may not have run."""
+
+
+# What a broken SSH link raises below us (socket errors are OSErrors); converted to LinkLost at this
+# boundary for the test host's link, and named here for the layers that meet it elsewhere (a pool host).
+LINK_FAULTS: tuple[type[BaseException], ...] = (OSError, EOFError, paramiko.SSHException)
+
+
+def _lost(what: str, exc: BaseException) -> LinkLost:
+    return LinkLost(f"the SSH link to the test host failed during {what}: {type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''}")
+
+
 def run_command(transport: paramiko.Transport, command: str, timeout: float | None,
                 max_bytes: int = MAX_OUTPUT_BYTES) -> RemoteResult:
     """Run `command` (already shell-quoted) in a new session on `transport`; stdin is closed at once."""
@@ -73,46 +88,56 @@ def run_command(transport: paramiko.Transport, command: str, timeout: float | No
     except paramiko.SSHException as exc:  # nothing ran: the caller may reconnect and run it again
         raise ChannelNotOpened(f"cannot open an SSH session on the test host: {exc}") from exc
     try:
-        chan.exec_command(command)
-        chan.shutdown_write()
-        out, err = _Tail(max_bytes), _Tail(max_bytes)
-        quiet_since: float | None = None  # when the exit status came and no data has come since
-        while True:
-            got = False
-            while chan.recv_ready():
-                out.add(chan.recv(65536))
-                got = True
-            while chan.recv_stderr_ready():
-                err.add(chan.recv_stderr(65536))
-                got = True
-            if chan.closed or (chan.eof_received and chan.exit_status_ready()):
-                break
-            now = time.monotonic()
-            if chan.exit_status_ready():
-                # sshd may send the exit status before the last of the output: read on until the end of
-                # the stream, or until it has been quiet for a second (a background child left holding
-                # the channel open must not keep us here).
-                if got or quiet_since is None:
-                    quiet_since = now
-                elif now - quiet_since > 1.0:
-                    break
-            left = deadline - now
-            if left <= 0:
-                raise RemoteTimeout(command, timeout or 0, out.text()[-3000:] + err.text()[-2000:])
-            select.select([chan], [], [], min(left, 0.2))
-        status = chan.recv_exit_status() if chan.exit_status_ready() else -1
-        return RemoteResult(command, status, out.text(), err.text(), out.dropped + err.dropped)
+        return _drain(chan, command, deadline, timeout, max_bytes)
+    except LINK_FAULTS as exc:
+        raise _lost("a command", exc) from exc
     finally:
         chan.close()
 
 
+def _drain(chan: paramiko.Channel, command: str, deadline: float, timeout: float | None,
+           max_bytes: int) -> RemoteResult:
+    chan.exec_command(command)
+    chan.shutdown_write()
+    out, err = _Tail(max_bytes), _Tail(max_bytes)
+    quiet_since: float | None = None  # when the exit status came and no data has come since
+    while True:
+        got = False
+        while chan.recv_ready():
+            out.add(chan.recv(65536))
+            got = True
+        while chan.recv_stderr_ready():
+            err.add(chan.recv_stderr(65536))
+            got = True
+        if chan.closed or (chan.eof_received and chan.exit_status_ready()):
+            break
+        now = time.monotonic()
+        if chan.exit_status_ready():
+            # sshd may send the exit status before the last of the output: read on until the end of
+            # the stream, or until it has been quiet for a second (a background child left holding
+            # the channel open must not keep us here).
+            if got or quiet_since is None:
+                quiet_since = now
+            elif now - quiet_since > 1.0:
+                break
+        left = deadline - now
+        if left <= 0:
+            raise RemoteTimeout(command, timeout or 0, out.text()[-3000:] + err.text()[-2000:])
+        select.select([chan], [], [], min(left, 0.2))
+    status = chan.recv_exit_status() if chan.exit_status_ready() else -1
+    return RemoteResult(command, status, out.text(), err.text(), out.dropped + err.dropped)
+
+
 def put_file(client: paramiko.SSHClient, local: str, remote: str, timeout: float = 120) -> None:
     """Upload over SFTP; a test host that stalls the transfer raises (socket.timeout, an OSError)."""
-    sftp = client.open_sftp()
     try:
-        channel = sftp.get_channel()
-        assert channel is not None
-        channel.settimeout(timeout)
-        sftp.put(local, remote)
-    finally:
-        sftp.close()
+        sftp = client.open_sftp()
+        try:
+            channel = sftp.get_channel()
+            assert channel is not None
+            channel.settimeout(timeout)
+            sftp.put(local, remote)
+        finally:
+            sftp.close()
+    except LINK_FAULTS as exc:
+        raise _lost(f"an upload of {Path(local).name}", exc) from exc

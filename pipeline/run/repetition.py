@@ -14,12 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import paramiko
-
 from pipeline.config import Config
 from pipeline.errors import InfraError
 from pipeline.machines.executor import LocalProcess
-from pipeline.machines.hostcmd import RemoteTimeout
+from pipeline.machines.hostcmd import LINK_FAULTS, RemoteTimeout
 from pipeline.machines.load import HostLoad, foreign_load, sample
 from pipeline.machines.pool import HostLost, PoolHost, Stopped
 from pipeline.records.results import RetryRecord, RunFolder, RunRecord, now_iso
@@ -29,7 +27,7 @@ from pipeline.stages.initramfs import Initramfs
 from pipeline.stages.patch import PatchedTree
 from pipeline.util.progress import Progress
 from pipeline.workloads.extra import ExtraWorkload, WorkloadOutputError
-from pipeline.workloads.flash import WorkloadFailed, WorkloadResult, install_vmm, run_workload
+from pipeline.workloads.flash import WorkloadFailed, WorkloadLost, WorkloadResult, install_vmm, run_workload
 from pipeline.workloads.kinds import run_extra
 
 
@@ -38,7 +36,9 @@ class RunDisturbed(InfraError):
 
 
 # What a broken link or a dead test host looks like when it reaches us: retried, never the candidate's fault.
-INFRA_FAULTS: tuple[type[BaseException], ...] = (OSError, InfraError, paramiko.SSHException, EOFError)
+# The test host's link converts its faults to InfraError (machines.hostcmd); a pool host's may still raise
+# the link's own (LINK_FAULTS, named by the machines layer), and OSError covers this machine's disk.
+INFRA_FAULTS: tuple[type[BaseException], ...] = (InfraError, *LINK_FAULTS)
 
 
 BootStep = Callable[..., AbstractContextManager[Any]]
@@ -116,10 +116,11 @@ class RepetitionRunner:
                     self._fail(prep, "boot", exc.status, str(exc).splitlines()[0], exc.excerpt)
                     self.progress.step_done(time.monotonic() - t0)
                     return
-            except WorkloadFailed as exc:
+            except (WorkloadFailed, WorkloadLost) as exc:
+                # The candidate's at once, or (lost: a stuck nested vCPU, output cut short) after the retries.
                 self._host_check(pool_host, name, tag, exc)
                 self._retry(name, tag, "workload-failed", str(exc).splitlines()[0], exc.output)
-                if not (exc.infrastructure and attempt < retries):
+                if not (isinstance(exc, WorkloadLost) and attempt < retries):
                     self._fail(prep, "run", "workload-failed", str(exc).splitlines()[0], exc.output)
                     self.progress.step_done(time.monotonic() - t0)
                     return

@@ -21,10 +21,17 @@ import jinja2
 import paramiko
 
 from pipeline.config import TestHost
-from pipeline.errors import InfraError, PipelineError
+from pipeline.errors import InfraError, UserError
 from pipeline.machines.accel import Accelerator
 from pipeline.machines.executor import QEMU_FILE_LIMIT_BYTES, Executor, Process
-from pipeline.machines.hostcmd import MAX_OUTPUT_BYTES, ChannelNotOpened, RemoteResult, put_file, run_command
+from pipeline.machines.hostcmd import (
+    LINK_FAULTS,
+    MAX_OUTPUT_BYTES,
+    ChannelNotOpened,
+    RemoteResult,
+    put_file,
+    run_command,
+)
 from pipeline.stages.build import BuildArtifacts
 from pipeline.stages.initramfs import Initramfs, with_own_host_key
 
@@ -49,8 +56,9 @@ class QemuFailed(InfraError):
         super().__init__(f"{message}\n{excerpt}")
 
 
-class BootFailed(PipelineError):
-    """The kernel panicked or QEMU exited: not retried into a pass."""
+class BootFailed(UserError):
+    """The kernel panicked, flooded its console or never let us log in: the candidate's (a boot timeout is
+    retried first, as a stuck nested vCPU can cause one)."""
 
     def __init__(self, status: str, message: str, excerpt: str):
         self.status = status
@@ -95,7 +103,11 @@ class BootedHost:
         if self.reconnect is None or self.reconnects >= MAX_RECONNECTS:
             raise InfraError(why)
         log.info("%s: logging in again", why)
-        old, self.connection = self.connection, self.reconnect()
+        try:
+            fresh = self.reconnect()
+        except LINK_FAULTS as exc:
+            raise InfraError(f"{why}; logging in again failed: {type(exc).__name__}: {exc}") from exc
+        old, self.connection = self.connection, fresh
         self.reconnects += 1
         try:
             old.close()

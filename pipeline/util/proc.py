@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from pipeline.errors import InfraError, PipelineError
+from pipeline.errors import InfraError
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class CommandTimeout(InfraError):
                          f"{result.tail(20)}")
 
 
-class CommandFailed(PipelineError):
+class CommandFailed(InfraError):
     def __init__(self, result: CommandResult):
         self.result = result
         super().__init__(f"command failed with exit code {result.returncode}: "

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import UserError
+
 _ARG_RE = re.compile(r"^[A-Za-z0-9_.,:=+\-/]{1,64}$")
 
 
@@ -33,7 +35,7 @@ class ExtraWorkload:
                 "args": list(self.args), "path": str(self.path) if self.path else "", "timeout_s": self.timeout_s}
 
 
-class WorkloadOutputError(Exception):
+class WorkloadOutputError(UserError):
     """The workload failed or its output could not be read as metrics (the candidate's, not retried)."""
 
     def __init__(self, message: str, output: str = ""):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from pipeline.errors import InfraError, PipelineError
+from pipeline.errors import InfraError, UserError
 from pipeline.util.proc import run
 from pipeline.util.yamlreader import Reader
 from pipeline.workloads.accounting import thread_classes, tick_busy_s
@@ -78,12 +78,19 @@ class WorkloadResult:
     censored: bool = False  # stopped unfinished: metrics["boot_s"] is a lower bound, nothing else measured
 
 
-class WorkloadFailed(PipelineError):
-    """The VMM ran but reported a failure (guest check, KVM error, watchdog)."""
+class WorkloadFailed(UserError):
+    """The VMM ran and reported a failure that is the candidate's (a KVM error, output it cannot read)."""
 
-    def __init__(self, message: str, output: str, infrastructure: bool = False):
+    def __init__(self, message: str, output: str):
         self.output = output
-        self.infrastructure = infrastructure
+        super().__init__(f"{message}\n{output[-2000:]}")
+
+
+class WorkloadLost(InfraError):
+    """The run broke in a way a retry may mend (the watchdog of a stuck nested vCPU, output cut short)."""
+
+    def __init__(self, message: str, output: str):
+        self.output = output
         super().__init__(f"{message}\n{output[-2000:]}")
 
 
@@ -240,11 +247,11 @@ def parse_output(stdout: str) -> dict[str, Any]:
     the candidate's failure (not retried, and never the pool host's)."""
     start = stdout.find("{")
     if start < 0:
-        raise WorkloadFailed("the workload printed no JSON", stdout, infrastructure=True)
+        raise WorkloadLost("the workload printed no JSON", stdout)
     try:
         raw = json.loads(stdout[start:], parse_constant=_no_constants)
     except json.JSONDecodeError as exc:
-        raise WorkloadFailed(f"the workload's JSON is malformed: {exc}", stdout, infrastructure=True) from None
+        raise WorkloadLost(f"the workload's JSON is malformed: {exc}", stdout) from None
     except (ValueError, RecursionError, MemoryError) as exc:
         raise WorkloadFailed(f"the workload's output cannot be read: {type(exc).__name__}: {str(exc)[:200]}",
                              stdout) from None
@@ -261,15 +268,14 @@ def install_vmm(host: HostLink, vmm: Path) -> None:
 
 
 def run_workload(host: HostLink, w: Workload, cpus: int) -> WorkloadResult:
-    """Run one repetition, or raise WorkloadFailed (infrastructure=True when a retry may help)."""
+    """Run one repetition, or raise WorkloadFailed (the candidate's) or WorkloadLost (a retry may help)."""
     argv = vmm_argv(REMOTE_VMM, w, cpus)
     res = host.run(argv, timeout=w.timeout_s + 60)
     raw = parse_output(res.stdout)
     status = raw.get("status")
     if status == "timeout":
         # FACTS: a nested TCG vCPU can get stuck; an infrastructure failure, retried.
-        raise WorkloadFailed(f"workload watchdog fired after {raw.get('timeout_s')} s", res.stdout,
-                             infrastructure=True)
+        raise WorkloadLost(f"workload watchdog fired after {raw.get('timeout_s')} s", res.stdout)
     if status == "censored" and w.censor_s > 0:
         at = raw.get("censored_ns")
         if not isinstance(at, int | float) or isinstance(at, bool) or not 0 < at < 1e15:
@@ -279,8 +285,8 @@ def run_workload(host: HostLink, w: Workload, cpus: int) -> WorkloadResult:
                               tuple(argv), censored=True)
     if status != "ok":
         why = str(raw.get("failure") or raw.get("error"))[:300]
-        raise WorkloadFailed(f"workload reported {str(status)[:40]}: {why}", res.stdout + res.stderr,
-                             infrastructure=status == "guest-failed")
+        failed = WorkloadLost if status == "guest-failed" else WorkloadFailed
+        raise failed(f"workload reported {str(status)[:40]}: {why}", res.stdout + res.stderr)
     try:
         metrics = derive_metrics(raw)
     except Exception as exc:  # noqa: BLE001 - any shape of hostile output is the candidate's failure
