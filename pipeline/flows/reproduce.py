@@ -5,6 +5,7 @@ final .config files, the QEMU command line and kpipe's version, plus the one com
 from __future__ import annotations
 
 import io
+import math
 import re
 import statistics
 import tarfile
@@ -81,8 +82,8 @@ def _num(v: float) -> str:
 
 
 def lkp_table(results: dict[str, Any], base: str, cand: str, extra_metrics: tuple[tuple[str, str], ...] = ()) -> str:
-    """Each side's median and spread (%stddev of its runs) and the change of the medians, per metric, in
-    the manner of 0-day's `%stddev %change %stddev` tables; within 72 columns."""
+    """Each side's median and spread (%stddev of its runs) and the change (ratio of geometric means, as the
+    verdict reads it), per metric, in the manner of 0-day's `%stddev %change %stddev` tables; 72 columns."""
     nb, nc = (len(results["candidates"].get(name, {}).get("runs", [])) for name in (base, cand))
     head = f"{'baseline (n=' + str(nb) + ')':>17} {'%change':>9} {'series (n=' + str(nc) + ')':>17}"
     out = [head, f"{'median ±%stddev':>17} {'':>9} {'median ±%stddev':>17}", "-" * len(head)]
@@ -93,12 +94,18 @@ def lkp_table(results: dict[str, Any], base: str, cand: str, extra_metrics: tupl
         # Runs stopped unfinished (censored) give lower bounds: the series' side is then "at least".
         least = ">=" if any(metric_censored(r, metric) for r in results["candidates"].get(cand, {}).get("runs", [])
                             if metric in r.get("metrics", {})) else ""
-        if b and c and statistics.median(b):
-            chg = f"{least}{100 * (statistics.median(c) / statistics.median(b) - 1):+.1f}%"
+        if b and c and min(b + c) > 0:
+            # The ratio of geometric means: the verdict's own change, so the table and the verdict agree.
+            chg = f"{least}{100 * (math.exp(_mean_log(c) - _mean_log(b)) - 1):+.1f}%"
         else:
             chg = ""
         out.append(_cut(f"{_side(b)} {chg:>9} {_side(c)}  {label}"))
+    out.append("%change: ratio of the geometric means (the verdict's change)")
     return "\n".join(out)
+
+
+def _mean_log(values: list[float]) -> float:
+    return statistics.fmean(math.log(v) for v in values)
 
 
 def fix_tags(sender: str, message_id: str, lore: str = "https://lore.kernel.org/r/") -> str:
