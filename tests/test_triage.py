@@ -12,7 +12,8 @@ import pytest
 from conftest import REPO, TARBALL, git, small_config
 
 from pipeline.errors import UserError
-from pipeline.flows.mail import parse_series, resolve_source, write_reply
+from pipeline.flows.intake import resolve_source
+from pipeline.flows.mail import parse_series, write_reply
 from pipeline.stages.patchcheck import UnsafePatch
 
 
@@ -397,3 +398,75 @@ def test_reply_parts_a_maintainer_acts_on(tmp_path: Path) -> None:
     again = load_config(tmp_path / "reproduce" / "pipeline.yaml")
     assert [c.name for c in again.candidates] == ["baseline", "regression-282d8998"]
     assert again.workload == cfg.workload and again.repetitions.counted == cfg.repetitions.counted
+
+
+def _thread_with_reviews(repo: Path, tmp_path: Path) -> Path:
+    """v1 and v2 of a 2-patch series (v2 with a cover letter and a base-commit), a Reviewed-by reply to v2's
+    patch 1 and an Acked-by reply to its cover letter, as a thread saved from a list."""
+    base = git(repo, "rev-parse", "HEAD").strip()
+    texts = []
+    for version, extra in (("1", []), ("2", ["--cover-letter", "--base", base])):
+        git(repo, "checkout", "-q", "-b", f"topic-v{version}", base)
+        for i in range(2):  # v2 reworded: new commits, so new Message-IDs, as a real v2 has
+            f = repo / "kernel" / "rcu" / "srcutree.c"
+            f.write_text(f.read_text().replace(f"line {5 + i}\n", f"line {5 + i} patched\n"))
+            git(repo, "commit", "-q", "-a", "-m", f"srcu: step {i + 1}\n\nBody of step {i + 1} (v{version}).\n\n"
+                "Signed-off-by: Alice Dev <alice@example.org>")
+        files = git(repo, "format-patch", "--thread", "-v", version, "-o", str(tmp_path / f"fp{version}"),
+                    "--to=list@example.org", "--no-signature", *extra, "HEAD~2").split()
+        texts += [Path(f).read_text() for f in files]
+        git(repo, "checkout", "-q", "master")
+
+    def ids(text: str) -> str:
+        return next(x for x in text.splitlines() if x.lower().startswith("message-id:")).split(":", 1)[1].strip()
+
+    cover, v2_1 = ids(texts[2]), ids(texts[3])
+    replies = [
+        f"From rita Mon Sep 17 00:00:00 2001\nFrom: Rita Reviewer <rita@example.org>\nTo: list@example.org\n"
+        f"Subject: Re: [PATCH v2 1/2] srcu: step 1\nMessage-ID: <r1@example.org>\nIn-Reply-To: {v2_1}\n"
+        f"References: {cover} {v2_1}\nDate: Wed, 02 Dec 2026 12:00:00 +0000\n\n> Body of step 1.\n\n"
+        "Reviewed-by: Rita Reviewer <rita@example.org>\n",
+        f"From ann Mon Sep 17 00:00:00 2001\nFrom: Ann Acker <ann@example.org>\nTo: list@example.org\n"
+        f"Subject: Re: [PATCH v2 0/2] *** SUBJECT HERE ***\nMessage-ID: <r0@example.org>\nIn-Reply-To: {cover}\n"
+        f"References: {cover}\nDate: Wed, 02 Dec 2026 13:00:00 +0000\n\nAcked-by: Ann Acker <ann@example.org>\n",
+    ]
+    mbox = tmp_path / "thread.mbox"
+    mbox.write_text("".join(t if t.endswith("\n") else t + "\n" for t in texts + replies))
+    return mbox
+
+
+def test_b4_reads_the_thread_the_newest_revision_with_its_trailers(small_repo: Path, tmp_path: Path) -> None:
+    """Intake through b4: v2 is tested, the replies' Reviewed-by and Acked-by are in the commits tested (as
+    `b4 am` puts them), the base-commit is v2's; the reply names the revision and quotes the trailers
+    prefixed, never as trailers of its own."""
+    pytest.importorskip("b4")
+    from pipeline.flows.triage import intake_lines
+
+    base = git(small_repo, "rev-parse", "HEAD").strip()
+    series = parse_series(_thread_with_reviews(small_repo, tmp_path), tmp_path / "work")
+    assert series.intake.startswith("b4 ") and series.revision == 2
+    assert [p.subject for p in series.patches] == ["[PATCH v2 1/2] srcu: step 1", "[PATCH v2 2/2] srcu: step 2"]
+    assert series.base_commit == base
+    assert "Reviewed-by: Rita Reviewer <rita@example.org> (patch 1)" in series.trailers
+    assert "Acked-by: Ann Acker <ann@example.org> (the series)" in series.trailers
+    git(small_repo, "am", *[str(p.path) for p in series.patches])
+    first = git(small_repo, "log", "-1", "--format=%B", "HEAD~1")
+    assert "Reviewed-by: Rita Reviewer <rita@example.org>" in first and "Acked-by: Ann Acker" in first
+    lines = intake_lines(series)
+    assert lines[0].startswith("Tested:    v2 of the series") and "b4" in lines[0]
+    assert "| Reviewed-by: Rita Reviewer <rita@example.org> (patch 1)" in lines
+    assert all(len(x) <= 72 for x in lines)
+
+
+def test_a_thread_b4_cannot_read_is_read_by_kpipe_and_the_reply_says_so(
+        small_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    b4 = pytest.importorskip("b4")
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("hostile header")
+
+    monkeypatch.setattr(b4, "LoreMailbox", broken)
+    series = parse_series(_thread_with_reviews(small_repo, tmp_path), tmp_path / "work")
+    assert series.revision == 2 and len(series.patches) == 2 and series.trailers == ()
+    assert series.intake.startswith("b4 could not read the thread (ValueError: hostile header)")
+    assert b4.can_network is True  # b4's own settings are given back

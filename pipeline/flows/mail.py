@@ -9,9 +9,6 @@ import email.utils
 import mailbox
 import os
 import re
-import shutil
-import subprocess
-import tempfile
 import textwrap
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -19,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
+from pipeline.flows.intake import read_with_b4
 from pipeline.stages.patchcheck import MAX_PATCH_BYTES, check_patch_paths
 from pipeline.util import proc
 from pipeline.util.untrusted import clean, defuse_trailers
@@ -31,7 +29,6 @@ _PATCH_NUM = re.compile(r"\[[^\]]*?\b(\d{1,4})/(\d{1,4})\b[^\]]*\]")  # no serie
 
 _BASE_COMMIT = re.compile(r"^base-commit: ([0-9a-f]{7,40})\s*$", re.M)
 
-_MSGID = re.compile(r"^<?[^<>\s@]+@[^<>\s@]+>?$")
 
 _VERSION = re.compile(r"\[[^\]]*?\bv(\d{1,4})\b[^\]]*\]", re.I)
 
@@ -63,6 +60,9 @@ class Series:
     base_commit: str | None
     skipped: tuple[str, ...]  # subjects of messages that were not patches (cover letter, replies)
     date: str = ""  # of the message replied to
+    revision: int = 1  # the version tested, the newest the thread holds
+    trailers: tuple[str, ...] = ()  # what the thread's replies added (b4), in the commits tested
+    intake: str = ""  # who read the thread: "b4 0.16.0", or kpipe's parser and why
 
 def _text(msg: Any) -> str:
     parts = [p for p in msg.walk() if p.get_content_type() == "text/plain"] if msg.is_multipart() else [msg]
@@ -90,21 +90,6 @@ def _load_messages(source: Path) -> list[Any]:
     if len(msgs) > MAX_SERIES_PATCHES + 1:
         raise UserError(f"{source}: {len(msgs)} messages; at most {MAX_SERIES_PATCHES} patches per series")
     return msgs
-
-def fetch_by_message_id(message_id: str, dest: Path) -> Path:
-    """Fetch a series with b4 (needs the archive to be reachable)."""
-    b4 = shutil.which("b4")
-    hint = ("save the series as an mbox (from your mail client, or `b4 am` where the archive is reachable) "
-            "and pass its path instead")
-    if not b4:
-        raise UserError(f"cannot fetch {message_id}: b4 is not installed; {hint}")
-    res = subprocess.run([b4, "-q", "am", "--no-cover", "-o", str(dest), "--", message_id.strip("<>")],
-                         capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=False)
-    mboxes = sorted(dest.glob("*.mbx"))
-    if res.returncode != 0 or not mboxes:
-        raise UserError(f"cannot fetch {message_id} with b4 (offline, or no such message): "
-                        f"{(res.stderr or res.stdout).strip()[-300:]}\n{hint}")
-    return mboxes[0]
 
 def parse_series(source: Path, workdir: Path) -> Series:
     """Split a posted series into ordered patch files, skipping the cover letter and non-patches."""
@@ -152,10 +137,17 @@ def _parse_series(source: Path, workdir: Path) -> Series:
     cover = next((c for c in covers if versions[id(c)] == newest), None)
     patches.sort(key=lambda p: p[0])
     _check_complete(patches)
+    # b4 where it serves (the thread's trailers in the commits, its base-commit), checked against our reading;
+    # the newest revision is the highest number (b4 alone would take the latest posted).
+    reading, intake = read_with_b4(msgs, newest)
+    if reading is not None and (reading.revision != newest or len(reading.messages) != len(patches)):
+        intake = (f"b4 read v{reading.revision} with {len(reading.messages)} patch(es) where kpipe reads "
+                  f"v{newest} with {len(patches)}: kpipe's reading is tested")
+        reading = None
     workdir.mkdir(parents=True, exist_ok=True)
     out = []
     for i, (n, msg, subject) in enumerate(patches):
-        raw = msg.as_bytes(policy=email.policy.SMTP.clone(linesep="\n"))
+        raw = (reading.messages[i] if reading else msg).as_bytes(policy=email.policy.SMTP.clone(linesep="\n"))
         if len(raw) > MAX_PATCH_BYTES:
             raise UserError(f"patch {n} ({subject[:60]}) is larger than {MAX_PATCH_BYTES} bytes; refused")
         text = raw.decode("utf-8", errors="replace")
@@ -169,8 +161,10 @@ def _parse_series(source: Path, workdir: Path) -> Series:
     return Series(subject=_clip_words(str(first.get("Subject", ""))), message_id=msgid,
                   references=" ".join(ref_list + ([msgid] if msgid else [])), sender=str(first.get("From", "")),
                   to=_addresses(first, "To"), cc=_addresses(first, "Cc"),
-                  patches=tuple(out), base_commit=base_commit, skipped=tuple(skipped),
-                  date=str(first.get("Date", "")))
+                  patches=tuple(out), base_commit=(reading.base_commit if reading else None) or base_commit,
+                  skipped=tuple(skipped), date=str(first.get("Date", "")), revision=newest,
+                  trailers=tuple(_clip_words(t) for t in reading.trailers) if reading else (),
+                  intake=f"b4 {reading.version}" if reading else intake)
 
 def _check_complete(patches: list[tuple[int, Any, str]]) -> None:
     """A series is evaluated as its author posted it: every patch n/N of the newest version, once each."""
@@ -280,11 +274,3 @@ def write_reply(series: Series, summary: str, first_paragraph: str, report_link:
     msg.set_content(body, cte="7bit" if body.isascii() else "8bit")
     dest.write_bytes(msg.as_bytes())
     return dest, warnings
-
-def resolve_source(source: str, workdir: Path) -> Path:
-    path = Path(source)
-    if path.is_file():
-        return path
-    if _MSGID.match(source):
-        return fetch_by_message_id(source, Path(tempfile.mkdtemp(prefix="kpipe-b4-", dir=workdir)))
-    raise UserError(f"{source}: not a file, and not a Message-ID")

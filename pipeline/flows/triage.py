@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import shutil
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ from pipeline import __version__
 from pipeline.candidates import Candidate, Change, Tree
 from pipeline.config import Config
 from pipeline.errors import UserError
-from pipeline.flows.mail import WIDTH, Series, parse_series, reply_sender, resolve_source, write_reply
+from pipeline.flows.intake import resolve_source
+from pipeline.flows.mail import WIDTH, Series, parse_series, reply_sender, write_reply
 from pipeline.flows.reproduce import fix_tags, lkp_table, machine_lines, workload_lines, write_archive, write_bundle
 from pipeline.stages.fetch import object_store
 from pipeline.util.gitutil import git
@@ -161,7 +163,8 @@ def run_triage(cfg: Config, source: str, progress: Any = None, bisect: bool = Fa
     tcfg, note = triage_config(cfg, series, censor)
     cand = tcfg.candidates[1].name
     progress = progress or Progress()
-    progress.say("triage", cand, f"{len(series.patches)} patch(es), {note}"
+    progress.say("triage", cand, f"v{series.revision}, {len(series.patches)} patch(es) (read by "
+                 f"{series.intake or 'kpipe'}), {note}"
                  + (f"; skipped {len(series.skipped)} non-patch message(s)" if series.skipped else ""))
     folder = run_pipeline(tcfg, None, progress)
     out = cfg.report.dir / folder.run_id  # where write_report puts the page; the reply goes beside it
@@ -183,7 +186,7 @@ def run_triage(cfg: Config, source: str, progress: Any = None, bisect: bool = Fa
                           out / "tested-commits.bundle") if commits else None
     archive = write_archive(tcfg, results, [p.path for p in series.patches], cand, folder.path,
                             out / "reproduce.tar.gz")
-    details = "\n".join(machine_lines(metadata) + workload_lines(metadata, results))
+    details = "\n".join(intake_lines(series) + machine_lines(metadata) + workload_lines(metadata, results))
     if results["candidates"][cand].get("runs") and results["candidates"][tcfg.baseline].get("runs"):
         details += "\n\n" + lkp_table(results, tcfg.baseline, cand)
     sender, _ = reply_sender(cfg.report.reply_from)
@@ -193,6 +196,19 @@ def run_triage(cfg: Config, source: str, progress: Any = None, bisect: bool = Fa
                                   folder.run_id, cfg.report.reply_from, passed, details=details, tags=tags)
     write_report(folder.path, cfg.report.dir)  # after the reply, so the page links it
     return TriageResult(first, out, reply, a, tuple(warnings))
+
+def intake_lines(series: Series) -> list[str]:
+    """Which revision was tested and who read the thread; the trailers its replies gave (prefixed, so no
+    tool collects them from the reply itself)."""
+    who = f"read by {series.intake}" if series.intake.startswith("b4") else \
+        f"read by kpipe's parser ({series.intake})" if series.intake else "read by kpipe's parser"
+    out = textwrap.wrap(f"Tested:    v{series.revision} of the series, the newest in the thread, {who}", WIDTH,
+                        subsequent_indent=" " * 11)
+    if series.trailers:
+        out.append("Trailers the thread gave (in the commits tested):")
+        out += [f"| {t}"[:WIDTH] for t in series.trailers[:20]]
+    return out
+
 
 def reproduction(results: dict[str, Any], cand: str, series: Series, folder_link: str = "",
                  archive: Path | None = None, bundle: Path | None = None, run_id: str = "") -> str:
