@@ -57,6 +57,12 @@ class RunRecord:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def stopped(self, metric: str) -> bool:
+        """Whether this run's value of `metric` is a lower bound (see metric_censored)."""
+        if "." in metric:
+            return metric.split(".", 1)[0] in self.censored_workloads
+        return self.censored
+
 
 def metric_censored(run: dict[str, Any], metric: str) -> bool:
     """Whether a run's value of `metric` is a lower bound: the flash boot's when the run was censored, an other

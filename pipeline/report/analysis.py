@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pipeline.records.results import IDENTICAL, metric_censored
+from pipeline.records.read import CandidateStatus, Results
+from pipeline.records.results import IDENTICAL, RunRecord
 from pipeline.report.stats import (
     FAILED,
     INCONCLUSIVE,
@@ -45,72 +47,65 @@ METRICS = {
 COMPARED = ("boot_s", "host_cpu_s")
 
 
-def _values(runs: list[dict[str, Any]], metric: str) -> list[float]:
-    return [float(r["metrics"][metric]) for r in runs if metric in r.get("metrics", {})]
+def _values(runs: Sequence[RunRecord], metric: str) -> list[float]:
+    return [r.metrics[metric] for r in runs if metric in r.metrics]
 
 
-def _censored(runs: list[dict[str, Any]], metric: str) -> list[bool]:
-    return [metric_censored(r, metric) for r in runs if metric in r.get("metrics", {})]
+def _censored(runs: Sequence[RunRecord], metric: str) -> list[bool]:
+    return [r.stopped(metric) for r in runs if metric in r.metrics]
 
 
-def _compare(runs: list[dict[str, Any]], ref_runs: list[dict[str, Any]], metric: str, level: float,
+def _compare(runs: Sequence[RunRecord], ref_runs: Sequence[RunRecord], metric: str, level: float,
              min_effect: float) -> dict[str, Any]:
     return compare_censored(_values(runs, metric), _values(ref_runs, metric), _censored(runs, metric),
                             _censored(ref_runs, metric), metric, level, min_effect).as_dict()
 
 
-def reference_kind(results: dict[str, Any]) -> str | None:
+def reference_kind(res: Results) -> str | None:
     """The host kind comparisons are made on: the one most of the baseline's runs ran on.
 
     None when every run was on one kind (or runs carry no kind) or when the
     settings allow comparing across kinds.
     """
-    if results.get("settings", {}).get("compare_across_kinds"):
+    if res.settings.compare_across_kinds:
         return None
-    cands = results.get("candidates", {})
-    kinds = Counter(r.get("host_kind") for c in cands.values() for r in c.get("runs", []))
+    kinds = Counter(r.host_kind or None for c in res.candidates.values() for r in c.runs)
     if len(kinds) <= 1:
         return None
-    base = Counter(r.get("host_kind") for r in cands.get(results.get("baseline", ""), {}).get("runs", []))
+    base = Counter(r.host_kind or None for r in res.candidate(res.baseline).runs)
     return (base or kinds).most_common(1)[0][0]
 
 
-def analyze(results: dict[str, Any]) -> dict[str, Any]:
-    settings = results.get("settings", {})
-    alpha = float(settings.get("alpha", 0.05))
-    min_effect = float(settings.get("min_effect_pct", 5.0))
-    baseline = results.get("baseline", "")
-    cands = results.get("candidates", {})
-    order = results.get("candidate_order") or list(cands)
-    ref_kind = reference_kind(results)
-    specs = results.get("candidate_specs", {})
-    family = decision_family(order, specs, baseline)
-    looks = int(settings.get("looks", 1))
+def analyze(results: Mapping[str, Any]) -> dict[str, Any]:
+    """The comparisons of a run, from its results.json (read into records.read's typed records)."""
+    res = Results.from_json(results)
+    alpha, min_effect, baseline = res.settings.alpha, res.settings.min_effect_pct, res.baseline
+    ref_kind = reference_kind(res)
+    family = decision_family(list(res.order), {n: {"role": s.role} for n, s in res.specs.items()}, baseline)
+    looks = res.settings.looks
     level = family_level(alpha, len(family), looks)
 
-    def usable(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return runs if ref_kind is None else [r for r in runs if r.get("host_kind") == ref_kind]
+    def usable(runs: Sequence[RunRecord]) -> list[RunRecord]:
+        return list(runs) if ref_kind is None else [r for r in runs if (r.host_kind or None) == ref_kind]
 
-    extras = [w for w in results.get("workloads", []) if isinstance(w, dict) and w.get("headline")]
+    extras = [dict(w) for w in res.workloads if w.get("headline")]
     compared = COMPARED + tuple(w["headline"] for w in extras)
-    metric_names = list(METRICS) + sorted({m for c in cands.values() for r in c.get("runs", [])
-                                           for m in r.get("metrics", {}) if "." in m})
-    rows = []
-    for name in order:
-        spec = specs.get(name, {})
-        reference = spec.get("compare_to") or baseline
-        ref = cands.get(reference, {})
-        base_runs = usable(ref.get("runs", [])) if ref.get("status") == "ok" else []
-        c = cands.get(name, {"status": "pending", "runs": []})
-        all_runs = c.get("runs", [])
-        runs = usable(all_runs)
+    metric_names = list(METRICS) + sorted({m for c in res.candidates.values() for r in c.runs
+                                           for m in r.metrics if "." in m})
+    rows: list[dict[str, Any]] = []
+    for name in res.order:
+        reference = res.reference(name)
+        ref = res.candidate(reference)
+        base_runs = usable(ref.runs) if ref.status == CandidateStatus.OK else []
+        c = res.candidate(name)
+        runs = usable(c.runs)
         summaries = {m: summarize(_values(runs, m), 1.0 - level) for m in metric_names}
         comparisons = {}
-        ok = c.get("status") == "ok" and len(runs) > 0
+        ok = c.status == CandidateStatus.OK and len(runs) > 0
         for m in compared:
             if name == baseline:
                 continue
-            if c.get("status") == IDENTICAL:
+            if c.status == CandidateStatus.IDENTICAL:
                 comparisons[m] = {"change_pct": 0.0, "change_ci_low": 0.0, "change_ci_high": 0.0,
                                   "p_value": math.nan, "verdict": IDENTICAL_VERDICT}
             elif not ok or not base_runs:
@@ -122,34 +117,34 @@ def analyze(results: dict[str, Any]) -> dict[str, Any]:
             "name": name,
             "is_baseline": name == baseline,
             "compare_to": reference,
-            "role": spec.get("role", ""),
-            "status": c.get("status", "pending"),
-            "status_detail": c.get("status_detail", ""),
+            "role": res.spec(name).role,
+            "status": str(c.status),
+            "status_detail": c.status_detail,
             "n": len(runs),
-            "excluded_other_kind": len(all_runs) - len(runs),
-            "hosts": dict(Counter(str(r.get("host", "local")) for r in all_runs)),
-            "warmups": len(c.get("warmup_runs", [])),
-            "retries": len(c.get("retries", [])),
-            "stop_reason": c.get("stop_reason", ""),
+            "excluded_other_kind": len(c.runs) - len(runs),
+            "hosts": dict(Counter(r.host for r in c.runs)),
+            "warmups": len(c.warmup_runs),
+            "retries": len(c.retries),
+            "stop_reason": c.stop_reason,
             "summaries": {m: vars(s) | {"ci_width_pct": s.ci_width_pct} for m, s in summaries.items()},
             "comparisons": comparisons,
         })
     for r in rows:
         r["agreement"] = [_agreement(r, w) for w in extras] if not r["is_baseline"] else []
     for r in rows:
-        r["on_top_of"] = _on_top_comparisons(r, cands, specs, usable, level, min_effect)
+        r["on_top_of"] = _on_top_comparisons(r, res, usable, level, min_effect)
     regressions = [r["name"] for r in rows if r["comparisons"].get("boot_s", {}).get("verdict") == SLOWER
                    and r["role"] != "control"]
-    failed = [r["name"] for r in rows if r["status"] not in ("ok", "pending", IDENTICAL)]
+    failed = [r["name"] for r in rows if CandidateStatus.of(r["status"]).failed]
     undecided = [r["name"] for r in rows if _undecided_slowdown(r["comparisons"].get("boot_s", {}), min_effect)
                  and r["role"] != "control"]
     warnings = _artefact_warnings(rows)
     return {"baseline": baseline, "rows": rows, "regressions": regressions, "failed": failed,
             "undecided": undecided,
             "workloads": extras, "metric_labels": metric_labels(metric_names),
-            "reference_kind": ref_kind, "hosts": results.get("hosts", []), "warnings": warnings,
+            "reference_kind": ref_kind, "hosts": [dict(h) for h in res.hosts], "warnings": warnings,
             "alpha": alpha, "level": level, "family": family, "looks": looks, "min_effect_pct": min_effect,
-            "ci_label": ci_label(level), "sequential": results.get("sequential", {}),
+            "ci_label": ci_label(level), "sequential": dict(res.sequential),
             "headline": _headline(rows, baseline)}
 
 
@@ -201,27 +196,26 @@ def _agreement(row: dict[str, Any], w: dict[str, Any]) -> dict[str, Any]:
             "p_value": other.get("p_value", math.nan), "agrees": agrees, "text": text}
 
 
-def _on_top_comparisons(row: dict[str, Any], cands: dict[str, Any], specs: dict[str, Any], usable: Any,
-                        level: float, min_effect: float) -> list[dict[str, Any]]:
+def _on_top_comparisons(row: dict[str, Any], res: Results, usable: Any, level: float,
+                        min_effect: float) -> list[dict[str, Any]]:
     """Comparisons with every other candidate this one is built on: same tree and workload, and its changes
     a part of this one's (the KVM path on top of the regression against the regression: does it undo it?)."""
     name = row["name"]
-    spec = specs.get(name, {})
-    mine = [(c.get("kind"), c.get("value")) for c in spec.get("changes", [])]
+    spec = res.spec(name)
+    mine = list(spec.changes)
     out: list[dict[str, Any]] = []
-    if row["status"] != "ok" or not mine:
+    if row["status"] != CandidateStatus.OK or not mine:
         return out
-    for other, ospec in specs.items():
-        theirs = [(c.get("kind"), c.get("value")) for c in ospec.get("changes", [])]
+    for other, ospec in res.specs.items():
+        theirs = list(ospec.changes)
         if other in (name, row["compare_to"]) or not theirs or len(theirs) >= len(mine):
             continue
-        if any(t not in mine for t in theirs) or ospec.get("tree") != spec.get("tree") \
-                or ospec.get("workload") != spec.get("workload"):
+        if any(t not in mine for t in theirs) or ospec.tree != spec.tree or ospec.workload != spec.workload:
             continue
-        ref = cands.get(other, {})
-        if ref.get("status") != "ok":
+        ref = res.candidate(other)
+        if ref.status != CandidateStatus.OK:
             continue
-        runs, ref_runs = usable(cands[name].get("runs", [])), usable(ref.get("runs", []))
+        runs, ref_runs = usable(res.candidate(name).runs), usable(ref.runs)
         out.append({"reference": other, **{m: _compare(runs, ref_runs, m, level, min_effect) for m in COMPARED}})
     return out
 
