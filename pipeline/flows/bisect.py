@@ -26,7 +26,8 @@ from pipeline.candidates import Candidate
 from pipeline.config import Config, Repetitions
 from pipeline.errors import UserError
 from pipeline.flows.bisect_search import BAD, GOOD, SKIP, decide, search
-from pipeline.records.results import IDENTICAL, new_run_id, write_json_atomic
+from pipeline.records.read import CandidateStatus, Results
+from pipeline.records.results import new_run_id, write_json_atomic
 from pipeline.report.stats import moved
 from pipeline.stages.fetch import fetch_tree
 from pipeline.util.gitutil import git
@@ -141,18 +142,19 @@ class Bisector:
             run_dir, results, a = self._measure(sha, rounds, run_dir)
             row = next(r for r in a["rows"] if r["name"] == "step")
             good = next(r for r in a["rows"] if r["name"] == "good")
-            cand = results["candidates"]["step"]
-            build = cand.get("stages", {}).get("build", {})
+            res = Results.from_json(results)
+            cand, good_end = res.candidate("step"), res.candidate("good")
+            build = cand.stages.get("build", {})
             step = Step(index, sha, subject, "", "", run=str(run_dir), rounds=rounds,
                         build_seconds=float(build.get("seconds", 0.0) or 0.0))
-            status = cand.get("status")
-            if status == IDENTICAL and index != -2:
+            status = cand.status
+            if status == CandidateStatus.IDENTICAL and index != -2:
                 step.outcome, step.note, step.verdict = GOOD, "binary-identical to the good end's kernel: not booted", \
                     "binary-identical"
                 break
-            if status != "ok" or good.get("status") != "ok":
-                who = status if status != "ok" else f"the good end: {good.get('status')}"
-                detail = cand.get("status_detail", "") if status != "ok" else good.get("status_detail", "")
+            if status != CandidateStatus.OK or good_end.status != CandidateStatus.OK:
+                who = status if status != CandidateStatus.OK else f"the good end: {good_end.status}"
+                detail = cand.status_detail if status != CandidateStatus.OK else good_end.status_detail
                 step.outcome, step.note = SKIP, f"{who}: {detail[:200]}"
                 break
             c = row["comparisons"].get(self.metric, {})

@@ -22,6 +22,7 @@ from pipeline.errors import UserError
 from pipeline.flows.intake import resolve_source
 from pipeline.flows.mail import WIDTH, Series, parse_series, reply_sender, write_reply
 from pipeline.flows.reproduce import fix_tags, lkp_table, machine_lines, workload_lines, write_archive, write_bundle
+from pipeline.records.read import CandidateStatus, Results
 from pipeline.stages.fetch import object_store
 from pipeline.util.gitutil import git
 from pipeline.util.untrusted import one_line, quote_block
@@ -66,30 +67,30 @@ def triage_config(cfg: Config, series: Series, censor: float = TRIAGE_CENSOR) ->
 
 def outcome(results: dict[str, Any], analysis: dict[str, Any], cand: str, series: Series) -> str:
     """The one paragraph a maintainer reads first."""
-    c = results["candidates"].get(cand, {})
-    st = c.get("stages", {})
-    status = c.get("status")
-    if status == "patch-failed":
+    res = Results.from_json(results)
+    c = res.candidate(cand)
+    st, status = c.stages, c.status
+    if status == CandidateStatus.PATCH_FAILED:
         failed = st.get("patch", {})
         where = failed.get("location") or "?"
         which = failed.get("change", "")
         num = next((p for p in series.patches if which.endswith(p.path.name)), None)
         label = f"patch {num.number} ({one_line(num.subject, 120)})" if num else one_line(which, 120)
         return f"The series does not apply: {label} fails at {where}.\n\n{quote_block(failed.get('excerpt', ''), 30)}"
-    if status == "identical":
+    if status == CandidateStatus.IDENTICAL:
         return ("The kernel built with the series is byte-for-byte the baseline's, with the same command line "
                 "and workload: this series cannot change the measurement, so it was not measured.")
-    if status == "build-timeout":
+    if status == CandidateStatus.BUILD_TIMEOUT:
         return ("The kernel build with the series did not finish within its time limit and was stopped:\n\n"
                 + quote_block(st.get("build", {}).get("excerpt", ""), 40))
-    if status == "build-failed":
+    if status == CandidateStatus.BUILD_FAILED:
         return ("The series applies but the kernel does not build:\n\n"
                 + quote_block(st.get("build", {}).get("excerpt", ""), 40))
-    if status in ("boot-failed", "boot-timeout"):
+    if status in (CandidateStatus.BOOT_FAILED, CandidateStatus.BOOT_TIMEOUT):
         return (f"The kernel with the series does not boot ({status}). Console:\n\n"
                 + quote_block(st.get("boot", {}).get("excerpt", ""), 40))
-    if status != "ok":
-        return f"The evaluation could not finish ({status}): {one_line(c.get('status_detail', ''), 300)}"
+    if status != CandidateStatus.OK:
+        return f"The evaluation could not finish ({status}): {one_line(c.status_detail, 300)}"
     row = next(r for r in analysis["rows"] if r["name"] == cand)
     b = row["comparisons"].get("boot_s", {})
     cpu = row["comparisons"].get("host_cpu_s", {})
@@ -98,7 +99,7 @@ def outcome(results: dict[str, Any], analysis: dict[str, Any], cand: str, series
     word = {"slower": "regresses", "faster": "improves", "inconclusive": "may change (undecided)"}.get(
         verdict, "makes no significant change to")
     if b.get("censored"):
-        factor = results.get("settings", {}).get("censor_factor") or TRIAGE_CENSOR
+        factor = res.settings.censor_factor or TRIAGE_CENSOR
         return (f"The series {word} the guest boot time: at least {b.get('change_pct', nan):+.1f}% "
                 f"(p = {b.get('p_value', nan):.4f}; {b['censored']} of its {row['n']} runs were stopped at "
                 f"{factor:g}x the baseline's median boot, so that is a lower bound, and their host CPU was "
