@@ -19,6 +19,8 @@ CHANGE_KINDS = ("patch", "revert", "config", "cmdline")
 
 @dataclass(frozen=True)
 class Tree:
+    """A kernel tree to fetch: a git URL or path at a ref, or a Debian linux-source tarball."""
+
     name: str
     git: str | None = None
     ref: str | None = None
@@ -30,6 +32,8 @@ class Tree:
 
 @dataclass(frozen=True)
 class Change:
+    """One change of a candidate: a patch or config fragment (with its file), a revert, or cmdline words."""
+
     kind: str  # one of CHANGE_KINDS
     value: str  # a path for patch/config, a commit for revert, parameters for cmdline
     path: Path | None = None  # resolved file for patch/config
@@ -37,6 +41,8 @@ class Change:
 
 @dataclass(frozen=True)
 class Candidate:
+    """A kernel to measure: a tree, its changes in order, its role and what it is compared with."""
+
     name: str
     tree: str
     changes: tuple[Change, ...] = ()
@@ -59,6 +65,7 @@ class Candidate:
 
 
 def load_trees(r: Reader, data: Any) -> dict[str, Tree]:
+    """The `trees:` mapping, each tree checked (exactly one of git or tarball), errors with key and line."""
     data = r.mapping(data, "trees", tuple(data) if isinstance(data, dict) else ())
     if not data:
         raise r.error("trees", "at least one tree is needed")
@@ -88,6 +95,7 @@ def load_trees(r: Reader, data: Any) -> dict[str, Tree]:
 
 def load_candidates(r: Reader, data: Any, trees: dict[str, Tree],
                      workload: Workload) -> tuple[Candidate, ...]:
+    """The `candidates:` list: names unique, trees known, every change checked, references known."""
     items = r.typed(data, "candidates", list, lambda x: len(x) > 0, "at least one candidate")
     seen: set[str] = set()
     out = []

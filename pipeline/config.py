@@ -21,6 +21,8 @@ from pipeline.workloads.kinds import load_workloads
 
 @dataclass(frozen=True)
 class KernelConfig:
+    """The kernel configuration: a make target to start from and fragments merged over it in order."""
+
     base: str = "tinyconfig"
     fragments: tuple[Path, ...] = ()
     make_jobs: int = 0  # 0: number of CPUs
@@ -30,6 +32,8 @@ class KernelConfig:
 
 @dataclass(frozen=True)
 class TestHost:
+    """The QEMU test host: CPUs, memory, accelerator, command template and time limits."""
+
     qemu_template: Path
     initramfs_recipe: Path
     cpus: int = 2
@@ -43,6 +47,8 @@ class TestHost:
 
 @dataclass(frozen=True)
 class Repetitions:
+    """How many runs, interleaved how, stopped when (sequential looks, budget, censoring, retries)."""
+
     warmup: int = 1
     counted: int = 5
     max_counted: int = 5
@@ -64,6 +70,8 @@ class Repetitions:
 
 @dataclass(frozen=True)
 class ReportSettings:
+    """The verdict rule's settings and where reports go (alpha, minimum effect, base URL, From:)."""
+
     dir: Path = Path("reports")
     base_url: str = ""
     alpha: float = 0.05
@@ -74,6 +82,8 @@ class ReportSettings:
 
 @dataclass(frozen=True)
 class Config:
+    """pipeline.yaml, loaded and checked once: frozen, with every path resolved."""
+
     source: Path
     root: Path  # directory relative paths are resolved against
     cache_dir: Path

@@ -106,3 +106,15 @@ def test_every_exception_is_a_users_or_the_infrastructures_by_class() -> None:
             if not issubclass(cls, (UserError, InfraError)):
                 outside.append(f"{name}.{cls_name}")
     assert outside == []
+
+
+def test_every_public_function_and_class_says_what_it_is() -> None:
+    """A module's public names (functions and classes at its top level; the cli's one-line handlers
+    aside) carry a docstring: what it is or does, in a sentence."""
+    missing = []
+    for name, tree in _modules().items():
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef | ast.ClassDef) and not node.name.startswith(("_", "cmd_")) \
+                    and not ast.get_docstring(node):
+                missing.append(f"{name}.{node.name}:{node.lineno}")
+    assert missing == []

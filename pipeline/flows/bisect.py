@@ -36,6 +36,8 @@ from pipeline.util.gitutil import git
 
 @dataclass
 class Step:
+    """One tested commit of a bisection: its verdict against the good end, outcome, medians and cost."""
+
     index: int  # into commits; -2 for the check of the ends
     commit: str
     subject: str
@@ -56,6 +58,8 @@ class Step:
 
 @dataclass
 class BisectResult:
+    """A finished (or stopped) bisection: the first bad commit or the suspects, and every step."""
+
     folder: Path
     first_bad: str | None
     suspects: list[str]

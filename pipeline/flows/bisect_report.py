@@ -17,6 +17,7 @@ from pipeline.report.render import template_env
 # -- the report ---------------------------------------------------------------------------------
 
 def render_text(r: BisectResult, width: int = 72) -> str:
+    """bisect.txt: the headline ('first bad commit: ...') and one line per step, within `width` columns."""
     out = []
     for s in r.steps:
         label = "ends" if s.index == -2 else f"{s.index + 1:>3}/{len(r.commits)}"
@@ -37,6 +38,7 @@ def render_text(r: BisectResult, width: int = 72) -> str:
 
 
 def plot_path(r: BisectResult, unit: str) -> str:
+    """An SVG of the metric's median along the commit path, good and bad steps coloured, skips marked."""
     tested = sorted((s for s in r.steps if s.index >= 0 and not math.isnan(s.median)), key=lambda s: s.index)
     fig, ax = plt.subplots(figsize=(7, 2.6))
     good = [s.good_median for s in r.steps if not math.isnan(s.good_median)]

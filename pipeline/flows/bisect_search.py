@@ -24,6 +24,8 @@ def next_probe(lo: int, hi: int, tested: dict[int, str]) -> int | None:
 
 @dataclass
 class SearchResult:
+    """What the search found: the first bad index (or None), the suspects and the test order."""
+
     first_bad: int | None  # index into the commit list; None when skipped commits hide it
     suspects: list[int]  # the commits it may be (one when found)
     order: list[tuple[int, str]]  # (index, outcome) in the order they were tested

@@ -99,6 +99,7 @@ def fetch_by_message_id(message_id: str, dest: Path) -> Path:
 
 
 def resolve_source(source: str, workdir: Path) -> Path:
+    """A triage source as an mbox path: the file itself, or a Message-ID fetched with b4."""
     path = Path(source)
     if path.is_file():
         return path

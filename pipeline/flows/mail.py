@@ -42,6 +42,8 @@ MAX_CC = 40  # a reply is never a mass mailing under the operator's From: (a ser
 
 @dataclass(frozen=True)
 class SeriesPatch:
+    """One patch of a posted series, as a file git can apply, with its number, subject and author."""
+
     number: int
     subject: str
     author: str
@@ -50,6 +52,8 @@ class SeriesPatch:
 
 @dataclass(frozen=True)
 class Series:
+    """A posted series: its patches in order, what to reply to and whom, its base-commit and revision."""
+
     subject: str  # of the cover letter, else of the first patch
     message_id: str  # what the reply threads under
     references: str

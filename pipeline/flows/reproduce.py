@@ -47,6 +47,7 @@ def machine_lines(metadata: dict[str, Any]) -> list[str]:
 
 
 def workload_lines(metadata: dict[str, Any], results: dict[str, Any]) -> list[str]:
+    """The workload's parameters in a few mail lines (cycles, readers, placement, runs a side)."""
     w = metadata.get("workload") or {}
     reps = metadata.get("repetitions") or {}
     cycles = int(w.get("cycles", 0))

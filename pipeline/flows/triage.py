@@ -111,6 +111,8 @@ def outcome(results: dict[str, Any], analysis: dict[str, Any], cand: str, series
 
 @dataclass(frozen=True)
 class TriageResult:
+    """A triage's answer: the first paragraph, the report folder, the reply and its warnings."""
+
     first_paragraph: str
     report_dir: Path
     reply: Path

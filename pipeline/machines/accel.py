@@ -44,6 +44,7 @@ def local_kvm_facts() -> dict[str, str]:
 
 
 def kvm_verdict(facts: dict[str, str]) -> tuple[bool, str]:
+    """(usable, why) for KVM on this machine, from its probed facts (a PVM /dev/kvm cannot boot us)."""
     if not facts.get("kvm_exists"):
         return False, "/dev/kvm does not exist"
     if not facts.get("kvm_rw"):

@@ -29,6 +29,8 @@ _PR_SET_PDEATHSIG = 1
 
 
 class Process(Protocol):
+    """A QEMU process wherever it runs: alive, and terminated gracefully then by force."""
+
     pid: int
 
     def alive(self) -> bool: ...
@@ -36,6 +38,8 @@ class Process(Protocol):
 
 
 class Executor(Protocol):
+    """Where test hosts run (this machine, or a pool host over SSH): what boot and measure call."""
+
     @property
     def name(self) -> str: ...
 
@@ -70,6 +74,8 @@ def _die_with_parent() -> None:
 
 
 class LocalProcess:
+    """QEMU on this machine, in its own process group, killed with the run at the latest."""
+
     def __init__(self, popen: subprocess.Popen, registry: set[LocalProcess]):
         self.popen = popen
         self.pid = popen.pid

@@ -17,6 +17,8 @@ _TICK = os.sysconf("SC_CLK_TCK")
 
 @dataclass(frozen=True)
 class CpuSample:
+    """A snapshot of the machine's CPU time and of the given processes' own (from /proc)."""
+
     wall: float
     busy_s: float  # every CPU's non-idle time since boot (user, nice, system, irq, softirq, steal)
     steal_s: float
@@ -52,6 +54,7 @@ def _proc_cpu_s(pid: int) -> float:
 
 
 def sample(pids: tuple[int, ...]) -> CpuSample:
+    """The machine's CPU counters now, and those of `pids` (the run's own QEMU), for foreign_load."""
     with open("/proc/stat", encoding="ascii") as f:
         cpu = f.readline().split()
     vals = [int(x) for x in cpu[1:]]

@@ -39,6 +39,8 @@ class Stopped(BaseException):
 
 @dataclass
 class PoolHost:
+    """A host of the pool: its spec, executor, accelerator, kind and whether it still answers."""
+
     spec: HostSpec
     executor: Executor
     status: str = OK
@@ -68,6 +70,7 @@ class PoolHost:
 
 
 def make_executor(spec: HostSpec, local_workdir: str) -> Executor:
+    """The executor of a host spec: local for this machine, RemoteExecutor over SSH otherwise."""
     if spec.local:
         return LocalExecutor(spec.name, local_workdir)
 
@@ -189,6 +192,8 @@ class TurnLock:
 
 @dataclass
 class Job:
+    """One (candidate, round) repetition to dispatch; `alive` says whether its candidate is still measured."""
+
     candidate: str
     round: int
     kind: str  # "warmup" or "counted"

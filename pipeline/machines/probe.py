@@ -32,6 +32,7 @@ true
 
 
 def parse_probe(text: str) -> dict[str, str]:
+    """The probe script's key=value lines as a mapping (unknown lines ignored)."""
     out: dict[str, str] = {}
     for line in text.splitlines():
         key, sep, value = line.partition("=")

@@ -50,6 +50,7 @@ DISTCC_RE = re.compile(r"^[0-9]{1,5}/[0-9]{1,3}$")
 
 
 def hosts_from_yaml(r: Reader, data: Any) -> tuple[HostSpec, ...]:
+    """The `hosts:` list of pipeline.yaml as host specs, errors with key and line."""
     if data is None:
         return (LOCAL_HOST,)
     items = r.typed(data, "hosts", list, lambda x: len(x) > 0, "list at least one host")

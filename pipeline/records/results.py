@@ -131,6 +131,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def new_run_id() -> str:
+    """A run id: the UTC time to the second and 4 random hex digits."""
     return dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
 
 

@@ -276,12 +276,14 @@ def is_number(value: object) -> bool:
 
 
 def fmt_num(value: float, digits: int = 2) -> str:
+    """A number for a table: `digits` decimals, or an en dash for NaN."""
     if not is_number(value):
         return "-"
     return f"{value:.{digits}f}"
 
 
 def fmt_p(p: float) -> str:
+    """A p-value for a table: 4 decimals, scientific below 0.0001, a dash when there is none."""
     if not is_number(p):
         return "-"
     return f"{p:.4f}" if p >= 0.0001 else f"{p:.1e}"

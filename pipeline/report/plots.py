@@ -41,6 +41,7 @@ def _runs(results: dict[str, Any], name: str, metric: str = "boot_s") -> list[di
 
 
 def distribution(results: dict[str, Any], order: list[str], metric: str, title: str, unit: str) -> str:
+    """An SVG strip plot of each candidate's runs of `metric`, one row per candidate."""
     fig, ax = plt.subplots(figsize=(6.4, 0.5 + 0.45 * max(1, len(order))))
     for i, name in enumerate(order):
         vals = [r["metrics"][metric] for r in _runs(results, name)]
@@ -66,6 +67,7 @@ def _wide(results: dict[str, Any], order: list[str], metric: str) -> bool:
 
 
 def tradeoff(results: dict[str, Any], order: list[str]) -> str:
+    """An SVG of guest boot time against host CPU, one point per run: the latency-cost trade-off."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for i, name in enumerate(order):
         runs = _runs(results, name)
@@ -107,6 +109,7 @@ def timeline(results: dict[str, Any], order: list[str]) -> str:
 
 
 def latency_percentiles(results: dict[str, Any], order: list[str]) -> str:
+    """An SVG of memslot update latency percentiles per candidate (from the runs' histograms)."""
     fig, ax = plt.subplots(figsize=(6.4, 3.4))
     keys = [("update_p50_us", "p50"), ("update_p90_us", "p90"), ("update_p99_us", "p99"), ("update_max_us", "max")]
     width = 0.8 / max(1, len(order))
@@ -203,6 +206,7 @@ def sweep(results: dict[str, Any], order: list[str], param: str, points: list[tu
 
 
 def all_plots(results: dict[str, Any], order: list[str]) -> dict[str, str]:
+    """Every plot the run's page shows, by name, as SVG text."""
     sweeps = {f"sweep: {k}": sweep(results, order, k, v) for k, v in swept_parameters(results, order).items()}
     return sweeps | {
         "boot": distribution(results, order, "boot_s", "guest boot time", "s"),

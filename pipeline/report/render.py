@@ -48,6 +48,7 @@ RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
 
 
 def load_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A run folder's results and metadata (a missing metadata.json reads as empty)."""
     results = read_results(run_dir)
     meta_path = run_dir / "metadata.json"
     try:
@@ -58,6 +59,7 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def report_url(base_url: str, run_id: str) -> str:
+    """Where a run's page is published: under report.base_url, else the local path."""
     return f"{base_url.rstrip('/')}/{run_id}/index.html" if base_url else f"reports/{run_id}/index.html"
 
 
@@ -215,6 +217,7 @@ def _updates_hint(results: dict[str, Any]) -> str:
 
 
 def render_json(results: dict[str, Any], metadata: dict[str, Any], analysis: dict[str, Any] | None = None) -> str:
+    """summary.json: the analysis and the run's identity, NaN written as null."""
     a = analysis or analyze(results)
     return json.dumps(_clean({"run_id": results.get("run_id"), "status": results.get("status"),
                               "analysis": a, "metadata": metadata}), indent=1)
@@ -232,6 +235,7 @@ def _clean(obj: Any) -> Any:
 
 def render_html(results: dict[str, Any], metadata: dict[str, Any], analysis: dict[str, Any] | None = None,
                 reply: bool = False) -> str:
+    """index.html of one run: tables, plots, logs and verdicts (jinja2, autoescaped)."""
     from pipeline.report.plots import all_plots
 
     a = analysis or analyze(results)
@@ -267,6 +271,7 @@ def write_report(run_dir: Path, reports_dir: Path) -> Path:
 
 
 def write_index(reports_dir: Path) -> Path:
+    """reports/index.html: every rendered run, newest first (a broken summary is left out)."""
     entries = []
     for d in sorted(reports_dir.iterdir(), reverse=True) if reports_dir.is_dir() else []:
         s = d / "summary.json"

@@ -58,6 +58,8 @@ POWER = 0.8  # of the "detectable change"
 
 @dataclass(frozen=True)
 class Summary:
+    """One candidate's runs of a metric: median, its order-statistic interval and its real coverage."""
+
     n: int
     median: float
     ci_low: float
@@ -73,6 +75,8 @@ class Summary:
 
 @dataclass(frozen=True)
 class Comparison:
+    """A candidate against its reference on one metric: change, interval, p, verdict and power."""
+
     change_pct: float
     change_ci_low: float
     change_ci_high: float

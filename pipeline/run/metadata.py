@@ -19,6 +19,7 @@ from pipeline.workloads.flash import VMM_SOURCE
 
 
 def collect_metadata(cfg: Config, accel: Accelerator, trees: dict[str, FetchedTree]) -> dict[str, Any]:
+    """metadata.json: the machine, tools, accelerator and trees a run used (no local path)."""
     qemu = shutil.which("qemu-system-x86_64")
     qemu_version = run_cmd([qemu, "--version"]).output.splitlines()[0] if qemu else "not installed"
     return {

@@ -26,6 +26,8 @@ from pipeline.workloads.selftest import SelftestKind
 
 
 class Preparer:
+    """Fetch, patch and build every candidate, recording each stage; a failure ends only its candidate."""
+
     def __init__(self, cfg: Config, folder: RunFolder, progress: Progress, distcc: tuple[str, ...] = ()):
         self.cfg = cfg
         self.folder = folder

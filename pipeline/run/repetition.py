@@ -60,6 +60,7 @@ class Prepared:
 
 
 def rotated(items: list[Prepared], by: int) -> list[Prepared]:
+    """`items` rotated left by `by`: the order of round `by` (A B C, B C A, ...)."""
     return items[by % len(items):] + items[:by % len(items)] if items else []
 
 

@@ -45,6 +45,7 @@ def _on_sigterm(hosts: list[PoolHost]) -> Callable[[int, object], None]:
 
 
 def selected_candidates(cfg: Config, only: list[str] | None) -> list[Candidate]:
+    """The candidates `--only` names (their references added), in config order; all by default."""
     if not only:
         return list(cfg.candidates)
     names = set(only) | {cfg.baseline}

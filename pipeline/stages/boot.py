@@ -67,6 +67,7 @@ class BootFailed(UserError):
 
 
 def render_qemu_command(template: Path, **values: object) -> list[str]:
+    """The QEMU argv from the command template, every value given, nothing from a patch in it."""
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False)
     env.filters["shquote"] = lambda v: shlex.quote(str(v))
     text = env.from_string(template.read_text()).render(**values)
@@ -78,6 +79,8 @@ def render_qemu_command(template: Path, **values: object) -> list[str]:
 
 @dataclass
 class BootedHost:
+    """A test host that answered over SSH: run commands in it, upload files, log in again if the link drops."""
+
     connection: fabric.Connection
     process: Process
     console_log: Path

@@ -69,6 +69,8 @@ MIN_FREE_BYTES = 3 * 1024**3  # a tinyconfig build dir is ~170 MB; sources and c
 
 @dataclass(frozen=True)
 class BuildArtifacts:
+    """What a build left that the run uses: bzImage, .config, System.map, release, warnings, digest."""
+
     key: str
     dir: Path
     bzimage: Path
@@ -90,9 +92,11 @@ class BuildArtifacts:
                 "image_sha256": self.image_sha256, "sandboxed": self.sandboxed, "in_place": self.in_place}
 
 def compiler_version() -> str:
+    """The compiler's first version line: part of every build key."""
     return run(["gcc", "--version"]).output.splitlines()[0]
 
 def build_key(tree_id: str, kernel: KernelConfig, fragments: tuple[Path, ...], compiler: str) -> str:
+    """The content key of a build: tree, kernel config and fragments' bytes, and compiler."""
     h = hashlib.sha256()
     for part in (BUILD_LAYOUT_VERSION, tree_id, kernel.base, compiler):
         h.update(part.encode() + b"\0")
@@ -140,6 +144,7 @@ def compile_env(cache_dir: Path, src: Path, local_jobs: int,
     return env, [f"CC={cc}", "HOSTCC=gcc"], max(1, jobs)
 
 def cached_artifacts(cache_dir: Path, key: str) -> BuildArtifacts | None:
+    """The artifacts cached under `key`, or None when any is missing or its digest differs."""
     out = cache_dir / "builds" / key[:20]
     meta_path = out / "meta.json"
     if not meta_path.exists():

@@ -29,6 +29,8 @@ IMPORT_DATE = "2000-01-01T00:00:00+0000"  # fixed, so an import is reproducible
 
 @dataclass(frozen=True)
 class FetchedTree:
+    """A tree in the shared object store: its commit, where it came from and whether it is trusted."""
+
     name: str
     commit: str
     store: Path
@@ -63,6 +65,7 @@ def retire_old_layout(cache_dir: Path) -> None:
 
 
 def sha256_file(path: Path) -> str:
+    """The sha256 of a file, read in 1 MiB pieces."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -26,6 +26,8 @@ GROUP = "root:x:0:\n"
 
 @dataclass(frozen=True)
 class SshKeys:
+    """The client key kpipe logs in with and the test host's host key (one per kernel image)."""
+
     client_key: Path  # OpenSSH private key, for fabric
     client_pub: str
     host_key: Path  # dropbear format, goes into the initramfs
@@ -34,6 +36,8 @@ class SshKeys:
 
 @dataclass(frozen=True)
 class Initramfs:
+    """The test host's userspace as a cpio archive, cached by the hash of its recipe."""
+
     path: Path
     sha256: str
     ready_marker: str
@@ -42,6 +46,7 @@ class Initramfs:
 
 
 def ensure_keys(cache_dir: Path) -> SshKeys:
+    """The SSH keys under the cache, made on first use (0600, owned by this user)."""
     keydir = cache_dir / "keys"
     keydir.mkdir(parents=True, exist_ok=True)
     os.chmod(keydir, 0o700)

@@ -41,6 +41,8 @@ class PatchFailed(UserError):
 
 @dataclass
 class AppliedChange:
+    """A change as applied: its kind and value, the commit it made and the files it touched."""
+
     kind: str
     source: str
     subjects: list[str] = field(default_factory=list)

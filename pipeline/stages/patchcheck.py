@@ -71,11 +71,13 @@ def check_patch_paths(text: str, source: str) -> None:
 
 
 def is_mbox(text: str) -> bool:
+    """Whether a patch file is a mail (From line or headers with a Subject) rather than a plain diff."""
     head_text = text[:4096]
     return head_text.startswith("From ") or bool(re.match(r"(?s)^(?:[\w-]+: .*\n)*Subject: ", head_text))
 
 
 def read_patch(path: Path) -> str:
+    """A patch file's text, refused when too large or when it holds no diff."""
     size = path.stat().st_size
     if size > MAX_PATCH_BYTES:
         raise UnsafePatch(f"{path}: {size} bytes is larger than the {MAX_PATCH_BYTES} byte limit")

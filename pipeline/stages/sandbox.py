@@ -175,6 +175,7 @@ def _chown_tree(top: Path, uid: int, gid: int) -> None:
 
 
 def build_user() -> pwd.struct_passwd:
+    """The unprivileged user untrusted builds run as (kpipe-build), created by setup.sh."""
     try:
         return pwd.getpwnam(BUILD_USER)
     except KeyError:

@@ -16,6 +16,8 @@ from pipeline.util.proc import CommandResult, CommandTimeout, run
 _ERROR_RE = re.compile(r"(error:|Error \d+|undefined reference|\*\*\*)")
 
 class BuildFailed(UserError):
+    """The kernel does not build with the candidate's changes (its compiler's words in the excerpt)."""
+
     def __init__(self, message: str, excerpt: str, status: str = "build-failed"):
         self.excerpt = excerpt
         self.status = status  # build-failed, or build-timeout when it ran past kernel.build_timeout_s

@@ -24,6 +24,7 @@ GIT_ENV = {
 def git(args: Sequence[str], cwd: Path, log_file: Path | None = None, check: bool = True,
         env: dict[str, str] | None = None, timeout: float | None = proc.DEFAULT_TIMEOUT_S,
         input_text: str | None = None, stdin_file: Path | None = None) -> proc.CommandResult:
+    """Run git without the user's config or hooks (proc.run), logged, with a timeout."""
     merged = dict(GIT_ENV)
     if env:
         merged.update(env)

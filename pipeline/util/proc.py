@@ -28,6 +28,8 @@ DEFAULT_TIMEOUT_S = 3600.0  # every command has one; callers that need longer sa
 
 @dataclass
 class CommandResult:
+    """A finished command: argv, exit code, its output (bounded) and how long it took."""
+
     argv: list[str]
     returncode: int
     output: str  # stdout and stderr interleaved; its last KEEP_LINES lines when it printed more
@@ -48,6 +50,8 @@ class CommandTimeout(InfraError):
 
 
 class CommandFailed(InfraError):
+    """A command run with check=True exited non-zero: the machinery's, with the output's tail."""
+
     def __init__(self, result: CommandResult):
         self.result = result
         super().__init__(f"command failed with exit code {result.returncode}: "

@@ -17,6 +17,8 @@ def _fmt(seconds: float) -> str:
 
 
 class Progress:
+    """What a run prints while it works: one line per event and a heartbeat, never silent long."""
+
     def __init__(self, stream: TextIO | None = None, quiet: bool = False):
         self.stream = stream or sys.stderr
         self.quiet = quiet

@@ -110,15 +110,18 @@ class Reader:
 
 
 def positive(r: Reader) -> Callable[[Any, str], int]:
+    """A setting check: an integer of at least 1."""
     return lambda v, p: r.typed(v, p, int, lambda x: x > 0, "must be > 0")
 
 
 def non_negative(r: Reader) -> Callable[[Any, str], int]:
+    """A setting check: an integer of at least 0."""
     return lambda v, p: r.typed(v, p, int, lambda x: x >= 0, "must be >= 0")
 
 
 
 def read_yaml(path: str | Path, what: str) -> tuple[Any, Reader]:
+    """A YAML file and a Reader over it that names key and line in its errors (duplicate keys refused)."""
     source = Path(path).resolve()
     if not source.is_file():
         raise ConfigError("", f"{what} {path} not found")

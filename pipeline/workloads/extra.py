@@ -15,6 +15,8 @@ _ARG_RE = re.compile(r"^[A-Za-z0-9_.,:=+\-/]{1,64}$")
 
 @dataclass(frozen=True)
 class ExtraWorkload:
+    """A workload besides the flash VMM: its kind, headline metric, arguments and time limit."""
+
     name: str
     kind: str
     headline: str
@@ -44,6 +46,7 @@ class WorkloadOutputError(UserError):
 
 
 def common_settings(r: Any, item: dict, p: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+    """The settings every kind takes (timeout_s, args), checked with key and line."""
     m = r.mapping(item, p, ("kind", "name", "timeout_s", "args", *allowed))
     kw: dict[str, Any] = {}
     if "timeout_s" in m:

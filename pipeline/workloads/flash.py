@@ -29,6 +29,8 @@ PLACEMENTS = ("apart", "shared", "free")
 
 @dataclass(frozen=True)
 class Workload:
+    """The flash VMM's settings: cycles, readers, placement, reader blocking and time limit."""
+
     cycles: int = 6000
     static_slots: int = 0
     spinners: int = 1
@@ -37,9 +39,7 @@ class Workload:
     timeout_s: int = 600
     block_ms: float = 2.0        # block reader: how late each of its faults is served
     block_gap_ms: float = 1.0    # block reader: how long a served page stays mapped before it is discarded
-    # Set per run by the runner (repetitions.censor_factor), never by a config: > 0 stops the boot after
-    # this long and records it as "at least" that (a censored run).
-    censor_s: float = 0.0
+    censor_s: float = 0.0  # set per run by the runner (censor_factor), never by a config: stop, read "at least"
 
 
 def load_workload(r: Reader, data: Any, path: str, base: Workload) -> Workload:
@@ -119,6 +119,7 @@ def build_vmm(cache_dir: Path, log_file: Path | None = None) -> Path:
 
 
 def vmm_argv(binary: str, w: Workload, cpus: int) -> list[str]:
+    """The VMM's command line in the test host for these settings on `cpus` CPUs."""
     argv = [binary, "--cycles", str(w.cycles), "--static-slots", str(w.static_slots),
             "--spinners", str(w.spinners), "--spin-mode", w.spin_mode, "--timeout", str(w.timeout_s)]
     if w.censor_s > 0:
@@ -261,6 +262,7 @@ def parse_output(stdout: str) -> dict[str, Any]:
 
 
 def install_vmm(host: HostLink, vmm: Path) -> None:
+    """Copy the VMM into the booted test host and make it executable."""
     host.put(str(vmm), REMOTE_VMM)
     res = host.run(["chmod", "755", REMOTE_VMM], timeout=60)
     if not res.ok:

@@ -63,6 +63,8 @@ def load_workloads(r: Any, data: Any) -> tuple[ExtraWorkload, ...]:
 # -- command --------------------------------------------------------------------------------------
 
 class CommandKind:
+    """The command kind: a script or static binary of yours; stdout is JSON or key=value lines."""
+
     name = "command"
 
     @staticmethod

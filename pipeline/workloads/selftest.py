@@ -28,6 +28,8 @@ _SETUP = re.compile(r"Best slot setup time for the whole test area was (\d+)\.(\
 
 
 class SelftestKind:
+    """The kvm-selftest kind: one of the candidate tree's KVM selftests, built from that tree."""
+
     name = "kvm-selftest"
 
     @staticmethod
