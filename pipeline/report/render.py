@@ -148,8 +148,10 @@ def render_text(results: dict[str, Any], metadata: dict[str, Any], analysis: dic
                 elif r["status"] != "ok" or agr is None:
                     line = f"  {r['name']}: {r['status']}"
                 else:
-                    line = (f"  {r['name']}: {fmt_num(s.get('median', math.nan), 3)} {_pct(agr['change_pct'])} "
-                            f"(p {fmt_p(agr['p_value'])}, {agr['verdict']}); {agr['text']}")
+                    stopped = r["comparisons"].get(w["headline"], {}).get("censored")
+                    least = f"at least ({stopped} run(s) stopped unfinished) " if stopped else ""
+                    line = (f"  {r['name']}: {fmt_num(s.get('median', math.nan), 3)} {least}"
+                            f"{_pct(agr['change_pct'])} (p {fmt_p(agr['p_value'])}, {agr['verdict']}); {agr['text']}")
                 out.extend(textwrap.wrap(line, WIDTH, subsequent_indent="    "))
     for r in a["rows"]:
         for c in r.get("on_top_of", []):
