@@ -59,17 +59,18 @@ class RunRecord:
 
     def stopped(self, metric: str) -> bool:
         """Whether this run's value of `metric` is a lower bound (see metric_censored)."""
-        if "." in metric:
-            return metric.split(".", 1)[0] in self.censored_workloads
-        return self.censored
+        return _stopped(metric, self.censored, self.censored_workloads)
 
 
 def metric_censored(run: dict[str, Any], metric: str) -> bool:
     """Whether a run's value of `metric` is a lower bound: the flash boot's when the run was censored, an other
     workload's metrics ("<workload>.<metric>") when that workload was."""
-    if "." in metric:
-        return metric.split(".", 1)[0] in run.get("censored_workloads", ())
-    return bool(run.get("censored"))
+    return _stopped(metric, bool(run.get("censored")), run.get("censored_workloads", ()))
+
+
+def _stopped(metric: str, censored: bool, workloads: Any) -> bool:
+    """The one rule: a workload's metric ("<workload>.<metric>") by that workload, the flash boot by the run."""
+    return metric.split(".", 1)[0] in workloads if "." in metric else censored
 
 
 @dataclass(frozen=True)
