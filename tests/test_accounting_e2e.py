@@ -14,35 +14,45 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not TARBALL.exists(), reason="apt-get install linux-source-6.1 (./setup.sh)")]
 
 
-def _control(test_host, duty: float, ms: int = 6000) -> dict:
-    res = test_host.run([REMOTE_VMM, "--control-duty", str(duty), "--control-ms", str(ms), "--control-cpu", "1"],
-                        timeout=ms / 1000 + 60)
+def _control(test_host, duty: float, jiffies: int = 1, ms: int = 6000) -> dict:
+    res = test_host.run([REMOTE_VMM, "--control-duty", str(duty), "--control-ms", str(ms), "--control-cpu", "1",
+                         "--control-jiffies", str(jiffies)], timeout=ms / 1000 + 60)
     raw = parse_output(res.stdout)
     assert raw["status"] == "ok" and raw["mode"] == "control" and raw["cpu_seen"] == 1, res.stdout[-2000:]
+    assert raw["busy_ns"] / 1e9 == pytest.approx(duty * raw["stat_window_ns"] / 1e9, rel=0.15)  # as designed
     return raw
 
 
-def test_exact_host_cpu_measures_known_duty_cycles_within_5_percent(test_host, e2e_cache: Path) -> None:
-    """Threads busy 25% and 50% of every jiffy, waking just after each tick and asleep before the next (as
-    SRCU's one-jiffy timers make its kworkers). Every wake-up also costs the test host CPU of its own
-    (timer interrupt, leaving idle, the switch: about 0.2 ms per wake-up under TCG), the same for both
-    controls, which wake equally often; so the known answer is the busy time the 50% control adds to the
-    25% one. The CPU's non-idle time and the thread's own scheduler runtime both move by it within 5%.
-    What the kernel's tick samples read depends on where the test host's ticks fall against the control's
-    timers (under 5% of the work on this workplace's machine, half of it on CI's): no assertion on them."""
+def test_exact_host_cpu_reads_a_known_busy_time_within_2_percent(test_host, e2e_cache: Path) -> None:
+    """Threads busy 25% and 50% of every second (a period of 250 jiffies: six wake-ups in six seconds, so
+    what a wake-up costs is negligible and the busy time is the whole known answer). The CPU's non-idle
+    time and the thread's own scheduler runtime both read it within 2%."""
     install_vmm(test_host, build_vmm(e2e_cache))
-    quarter, half = _control(test_host, 0.25), _control(test_host, 0.5)
-    for raw, duty in ((quarter, 0.25), (half, 0.5)):
-        assert raw["busy_ns"] / 1e9 == pytest.approx(duty * raw["stat_window_ns"] / 1e9, rel=0.15)  # as designed
-    assert half["periods"] == pytest.approx(quarter["periods"], rel=0.05)  # the same wake-ups
-    added = (half["busy_ns"] - quarter["busy_ns"]) / 1e9
-    measured = nonidle_s(half, "cpu1") - nonidle_s(quarter, "cpu1")
-    assert measured == pytest.approx(added, rel=0.05), (measured, added, half, quarter)
-    thread = (half["thread_cpu_ns"] - quarter["thread_cpu_ns"]) / 1e9
-    assert thread == pytest.approx(added, rel=0.05), (thread, added)
-    # And what a wake-up costs is a positive, bounded figure (the intercept of the same two points).
-    per_wake_ms = (nonidle_s(quarter, "cpu1") - quarter["busy_ns"] / 1e9) * 1e3 / quarter["periods"]
-    assert 0 < per_wake_ms < 1.0, per_wake_ms
+    for duty in (0.25, 0.5):
+        raw = _control(test_host, duty, jiffies=250)
+        busy = raw["busy_ns"] / 1e9
+        assert nonidle_s(raw, "cpu1") == pytest.approx(busy, rel=0.02), raw
+        assert raw["thread_cpu_ns"] / 1e9 == pytest.approx(busy, rel=0.02), raw
+
+
+def test_exact_host_cpu_sees_work_that_falls_between_ticks(test_host, e2e_cache: Path) -> None:
+    """Threads busy 25% and 50% of every jiffy, waking just after each tick and asleep before the next (as
+    SRCU's one-jiffy timers make its kworkers). The busy time is a floor that non-idle time and the
+    thread's runtime must reach; above it, each wake-up costs the test host CPU of its own (timer
+    interrupt, leaving idle, the switch): 0.25-0.36 ms under TCG on this workplace's machine, varying
+    from run to run by more than 5% of the busy time, so it is bounded (0-1 ms per wake-up), not
+    subtracted. What the kernel's tick samples read depends on where the test host's ticks fall against
+    the control's timers (under 5% of the work on this workplace's machine, half of it on CI's): no
+    assertion on them."""
+    install_vmm(test_host, build_vmm(e2e_cache))
+    for duty in (0.25, 0.5):
+        raw = _control(test_host, duty)
+        busy, wakes = raw["busy_ns"] / 1e9, raw["periods"]
+        assert wakes > 1000
+        per_wake_ms = (nonidle_s(raw, "cpu1") - busy) * 1e3 / wakes
+        assert 0 < per_wake_ms < 1.0, (per_wake_ms, raw)
+        thread_ms = (raw["thread_cpu_ns"] / 1e9 - busy) * 1e3 / wakes
+        assert 0 < thread_ms < per_wake_ms, (thread_ms, per_wake_ms, raw)
 
 
 def test_block_reader_sleeps_inside_its_read_section(test_host, e2e_cache: Path) -> None:

@@ -39,7 +39,9 @@
  * F of every jiffy right after a tick and sleeps on a tick-aligned timer the
  * rest, for --control-ms, and prints the same accounting plus the time it
  * spent busy by its own clock: a control with a known answer for whatever
- * estimator reads the accounting.
+ * estimator reads the accounting.  --control-jiffies N stretches the period
+ * to N jiffies (F of it busy): with long periods there are few wake-ups, so
+ * the busy time is the whole known answer, wake-up costs aside.
  *
  * Output: one JSON document on stdout.  Exit 0 on success, 1 on a usage or
  * KVM error, 2 if the guest reported a failure, 3 on watchdog timeout, 4 when
@@ -164,6 +166,7 @@ struct options {
 	double control_duty;    /* > 0: run the calibration control instead */
 	long control_ms;
 	int control_cpu;
+	int control_jiffies;    /* the control's period, in jiffies (1: every tick) */
 };
 
 enum { SPIN_IO, SPIN_LOOP, SPIN_CPUID, SPIN_FAULT, SPIN_BLOCK, SPIN_MODES };
@@ -623,7 +626,7 @@ static int run_control(const struct options *o)
 	clock_getres(CLOCK_MONOTONIC_COARSE, &ts);
 	jiffy_ns = (unsigned long long)ts.tv_sec * 1000000000ULL + ts.tv_nsec;
 	offset = jiffy_ns / 16;
-	busy_len = (unsigned long long)(o->control_duty * jiffy_ns);
+	busy_len = (unsigned long long)(o->control_duty * jiffy_ns * o->control_jiffies);
 	w0 = now_ns();
 	n = read_proc_stat(s0, MAX_CPUS + 1);
 	thread0 = thread_cpu_ns();
@@ -645,15 +648,17 @@ static int run_control(const struct options *o)
 		while (t1 - t0 < busy_len);
 		busy_ns += t1 - t0;
 		periods++;
-		k = (t1 - base) / jiffy_ns + 1;
+		k += o->control_jiffies;
+		if (base + k * jiffy_ns + offset <= t1)
+			k = (t1 - base) / jiffy_ns + 1;
 	}
 	thread_ns = thread_cpu_ns() - thread0;
 	read_proc_stat(s1, MAX_CPUS + 1);
 	w1 = now_ns();
 	printf("{\n  \"status\": \"ok\",\n  \"tool\": \"flashvmm\", \"version\": %d, \"mode\": \"control\",\n",
 	       VMM_VERSION);
-	printf("  \"params\": {\"duty\": %.4f, \"control_ms\": %ld, \"control_cpu\": %d},\n",
-	       o->control_duty, o->control_ms, o->control_cpu);
+	printf("  \"params\": {\"duty\": %.4f, \"control_ms\": %ld, \"control_cpu\": %d, \"control_jiffies\": %d},\n",
+	       o->control_duty, o->control_ms, o->control_cpu, o->control_jiffies);
 	printf("  \"jiffy_ns\": %llu,\n  \"stat_window_ns\": %llu,\n  \"busy_ns\": %llu,\n"
 	       "  \"periods\": %llu,\n  \"thread_cpu_ns\": %llu,\n  \"cpu_seen\": %d,\n",
 	       jiffy_ns, w1 - w0, busy_ns, periods, thread_ns, sched_getcpu());
@@ -670,7 +675,7 @@ static void usage(void)
 		"usage: flashvmm [--cycles N] [--static-slots N] [--spinners N]\n"
 		"                [--spin-mode io|loop|cpuid|fault|block] [--flash-cpu C] [--spinner-cpu C]\n"
 		"                [--block-us US] [--block-gap-us US] [--timeout SECONDS] [--censor-ms MS]\n"
-		"       flashvmm --control-duty F [--control-ms MS] [--control-cpu C]\n");
+		"       flashvmm --control-duty F [--control-ms MS] [--control-cpu C] [--control-jiffies N]\n");
 	exit(1);
 }
 
@@ -689,6 +694,7 @@ static void parse_args(int argc, char **argv, struct options *o)
 	o->control_duty = 0;
 	o->control_ms = 4000;
 	o->control_cpu = 1;
+	o->control_jiffies = 1;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 
@@ -726,6 +732,8 @@ static void parse_args(int argc, char **argv, struct options *o)
 			o->control_ms = atol(v);
 		else if (!strcmp(a, "--control-cpu"))
 			o->control_cpu = atoi(v);
+		else if (!strcmp(a, "--control-jiffies"))
+			o->control_jiffies = atoi(v);
 		else
 			usage();
 		i++;
@@ -733,7 +741,7 @@ static void parse_args(int argc, char **argv, struct options *o)
 	if (o->cycles < 1 || o->static_slots < 0 || o->spinners < 0 ||
 	    o->spinners > MAX_SPINNERS || o->timeout_s < 1 || o->censor_ms < 0 || o->block_us < 0 || o->block_us > 1000000 ||
 	    o->block_gap_us < 0 || o->block_gap_us > 1000000 || o->control_duty < 0 || o->control_duty > 0.9 ||
-	    o->control_ms < 1 || o->control_ms > 600000)
+	    o->control_ms < 1 || o->control_ms > 600000 || o->control_jiffies < 1 || o->control_jiffies > 1000)
 		usage();
 }
 
