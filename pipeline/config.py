@@ -66,6 +66,8 @@ class Repetitions:
     # A run during which other processes on this machine used more than this many CPUs (averaged over the
     # run) was disturbed: an infrastructure fault, retried and listed with the load. 0: never.
     max_foreign_cpus: float = 0.75
+    # The same for steal: CPU time this machine's hypervisor gave to other guests during the run. 0: never.
+    max_steal_cpus: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,7 @@ def load_config(path: str | Path, hosts_file: str | Path | None = None) -> Confi
         "retries": lambda v, p: r.typed(v, p, int, lambda x: 0 <= x <= 10, "0 to 10"),
         "max_foreign_cpus": lambda v, p: r.typed(v, p, float, lambda x: 0 <= x <= 1024,
                                                  "0 (never) to 1024 CPUs"),
+        "max_steal_cpus": lambda v, p: r.typed(v, p, float, lambda x: 0 <= x <= 1024, "0 (never) to 1024 CPUs"),
     })
     if reps.max_counted < reps.counted:
         reps = dataclasses.replace(reps, max_counted=reps.counted)

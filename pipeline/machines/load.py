@@ -2,9 +2,11 @@
 
 A repetition is measured inside the test host, but the test host is QEMU on this machine: another
 process on these two cores (a build, a second QEMU, a backup) slows it, and the measurement cannot tell.
-Around every run we read the machine's busy time (/proc/stat, all CPUs, steal included where the
-hypervisor reports it) and the CPU time of the run's own processes (QEMU, and this process); the rest is
-the foreign load, in CPUs over the run's wall time.
+Around every run we read the machine's busy time (/proc/stat, all CPUs) and the CPU time of the run's
+own processes (QEMU, and this process); the rest is the foreign load, in CPUs over the run's wall time.
+Steal (time the hypervisor gave this machine's CPUs to someone else, where it reports it) is counted
+apart: it is not a process here that anyone could stop, and a machine that loses CPUs to its neighbours
+loses them for the whole evaluation, not for one run.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ class CpuSample:
     """A snapshot of the machine's CPU time and of the given processes' own (from /proc)."""
 
     wall: float
-    busy_s: float  # every CPU's non-idle time since boot (user, nice, system, irq, softirq, steal)
+    busy_s: float  # every CPU's non-idle time since boot (user, nice, system, irq, softirq; not steal)
     steal_s: float
     own_s: float  # the run's own processes (their every thread) and this one
 
@@ -30,13 +32,18 @@ class HostLoad:
     """The load that was not the run's own over one run."""
 
     wall_s: float
-    foreign_cpu_s: float
-    steal_s: float
+    foreign_cpu_s: float  # other processes on this machine
+    steal_s: float  # the hypervisor's other guests
 
     @property
     def foreign_cpus(self) -> float:
         """Foreign CPU time per second of the run: 1.0 is one whole CPU busy with something else."""
         return self.foreign_cpu_s / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def steal_cpus(self) -> float:
+        """Stolen CPU time per second of the run: 1.0 is one of this machine's CPUs running another guest."""
+        return self.steal_s / self.wall_s if self.wall_s > 0 else 0.0
 
     def as_dict(self) -> dict[str, float]:
         return {"wall_s": round(self.wall_s, 2), "foreign_cpu_s": round(self.foreign_cpu_s, 2),
@@ -60,7 +67,7 @@ def sample(pids: tuple[int, ...]) -> CpuSample:
     vals = [int(x) for x in cpu[1:]]
     user, nice, system, _idle, _iowait, irq, softirq, steal = (vals + [0] * 8)[:8]
     own = sum(_proc_cpu_s(p) for p in pids) + _proc_cpu_s(os.getpid())
-    return CpuSample(time.monotonic(), (user + nice + system + irq + softirq + steal) / _TICK, steal / _TICK, own)
+    return CpuSample(time.monotonic(), (user + nice + system + irq + softirq) / _TICK, steal / _TICK, own)
 
 
 def foreign_load(before: CpuSample, after: CpuSample) -> HostLoad:

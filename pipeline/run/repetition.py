@@ -226,13 +226,20 @@ class RepetitionRunner:
         return factor * values[len(values) // 2] if values else 0.0
 
     def _check_disturbed(self, load: HostLoad | None) -> None:
-        """A run that shared this machine with a foreign load beyond the limit is not counted."""
-        limit = self.cfg.repetitions.max_foreign_cpus
-        if load is not None and limit > 0 and load.foreign_cpus > limit:
+        """A run that shared this machine with a foreign load, or lost its CPUs to the hypervisor, beyond
+        the limits is not counted."""
+        reps = self.cfg.repetitions
+        if load is None:
+            return
+        if reps.max_foreign_cpus > 0 and load.foreign_cpus > reps.max_foreign_cpus:
             raise RunDisturbed(f"disturbed run: other processes on this machine used {load.foreign_cpus:.2f} CPUs "
-                               f"({load.foreign_cpu_s:.1f} s of CPU in {load.wall_s:.1f} s, steal {load.steal_s:.1f} s)"
-                               f" beside the test host, over the limit of {limit} (repetitions.max_foreign_cpus); "
+                               f"({load.foreign_cpu_s:.1f} s of CPU in {load.wall_s:.1f} s) beside the test host, "
+                               f"over the limit of {reps.max_foreign_cpus} (repetitions.max_foreign_cpus); "
                                f"not counted, run again")
+        if reps.max_steal_cpus > 0 and load.steal_cpus > reps.max_steal_cpus:
+            raise RunDisturbed(f"disturbed run: the hypervisor took {load.steal_cpus:.2f} of this machine's CPUs "
+                               f"for other guests (steal {load.steal_s:.1f} s in {load.wall_s:.1f} s), over the "
+                               f"limit of {reps.max_steal_cpus} (repetitions.max_steal_cpus); not counted, run again")
 
     def _host_check(self, pool_host: PoolHost, name: str, tag: str, exc: BaseException) -> None:
         """After a failed attempt: stop quietly if the run is being interrupted; raise HostLost if the
