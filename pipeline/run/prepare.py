@@ -22,6 +22,7 @@ from pipeline.stages.steps import BuildFailed
 from pipeline.util.progress import Progress
 from pipeline.util.safefs import UnsafeArtifact, copy_regular
 from pipeline.workloads.extra import ExtraWorkload
+from pipeline.workloads.kinds import KINDS
 from pipeline.workloads.selftest import SelftestKind
 
 
@@ -169,7 +170,8 @@ class Preparer:
 
 
     def _build_extras(self, prep: Prepared, log_file: Path) -> dict[str, Path]:
-        """The other workloads' files for this candidate: KVM selftests built from its own tree."""
+        """The other workloads' files for this candidate: KVM selftests built from its own tree, the others'
+        from their kind."""
         assert prep.patched
         files: dict[str, Path] = {}
         for w in self.cfg.workloads:
@@ -181,8 +183,7 @@ class Preparer:
                 self.progress.say("build", prep.candidate.name,
                                   f"workload {w.name}: {'cached' if cached else 'built'} {files[w.name].name}")
             else:
-                assert w.path
-                files[w.name] = w.path
+                files[w.name] = KINDS[w.kind].local_file(w, self.cfg.cache_dir)
         return files
 
     def record_config_differences(self, preps: list[Prepared]) -> None:

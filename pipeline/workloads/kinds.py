@@ -24,6 +24,8 @@ Kinds:
   is the wall time per add/remove iteration (`-i`), measured around it in the
   test host.
 - `command`: stdout is one JSON object of numbers, or `key=value` lines.
+- `firmware-replay`: the flash VMM replaying a recorded firmware boot's flash phases
+  (`recording: vm-templates/firmware/ovmf-x86-fresh.pattern`; workloads/firmware.py).
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.workloads.extra import ExtraWorkload, WorkloadOutputError, common_settings, finite
+from pipeline.workloads.firmware import FirmwareReplayKind
 from pipeline.workloads.selftest import SelftestKind
 
 REMOTE_DIR = "/tmp/kpipe-workloads"
@@ -111,11 +114,18 @@ class CommandKind:
         values.setdefault("wall_s", wall_s)
         return values
 
+    @staticmethod
+    def local_file(w: ExtraWorkload, cache_dir: Path) -> Path:
+        """What is copied into the test host: the configured file itself."""
+        assert w.path
+        return w.path
+
 
 _KEY_VALUE = re.compile(r"\s*(\w{1,40})\s*=\s*(-?\d{1,30}(?:\.\d{1,30})?(?:[eE][-+]?\d{1,3})?)\s*")
 
 
-KINDS: dict[str, Any] = {"kvm-selftest": SelftestKind, "command": CommandKind}
+KINDS: dict[str, Any] = {"kvm-selftest": SelftestKind, "command": CommandKind,
+                         "firmware-replay": FirmwareReplayKind}
 
 
 # -- build and run --------------------------------------------------------------------------------

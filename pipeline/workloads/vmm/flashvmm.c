@@ -35,6 +35,15 @@
  * exact window between the two /proc/stat reads, so that busy time can be
  * computed as window minus exact (nohz) idle instead of from tick samples.
  *
+ * Replay (--pattern P): instead of the uniform cycle, the guest makes the
+ * flash accesses of a recorded firmware boot (QEMU's pflash trace events, see
+ * pipeline/workloads/firmware.py): P lists its phases, each "W" or "W/R"
+ * (W writes and R status reads while the flash is in I/O mode) with an
+ * optional "*N" repeat, comma-separated.  As QEMU's pflash does, the first
+ * write of a phase takes the memslot away (ROMD off) and its last write (the
+ * read-array command) puts it back; the writes and reads between exit to us
+ * with no memslot change.  The VMM checks that the guest stays in step.
+ *
  * Calibration (--control-duty F): no VM; one thread on --control-cpu runs
  * F of every jiffy right after a tick and sleeps on a tick-aligned timer the
  * rest, for --control-ms, and prints the same accounting plus the time it
@@ -95,6 +104,8 @@
 #define DISCARD_US      1000            /* fault reader: pages discarded every 1 ms */
 #define MAX_KWORKERS    1024
 #define VMM_VERSION     3
+#define TABLE_GPA       0x10000UL       /* replay: the phase table (es segment 0x1000) */
+#define MAX_PHASES      16000
 
 /* Histogram of update latencies, upper bin edges in microseconds: log bins
  * below a millisecond, then 1 ms bins up to 64 ms, then an overflow bin. */
@@ -107,6 +118,9 @@ static const unsigned int hist_edges_us[] = {
 	59000, 60000, 61000, 62000, 63000, 64000,
 };
 #define HIST_BINS (sizeof(hist_edges_us) / sizeof(hist_edges_us[0]) + 1)
+
+/* Replay: writes and reads of each phase (phase_w >= 1; phase_w >= 2 when phase_r > 0). */
+static uint16_t phase_w[MAX_PHASES], phase_r[MAX_PHASES];
 
 /* Hand-assembled real-mode code; see the comment block above each. */
 static const uint8_t flash_code[] = {
@@ -129,6 +143,85 @@ static const uint8_t flash_code[] = {
 	0xE6, PORT_FAILED,              /* out 0xF2, al              */
 	0xF4,                           /* hlt                       */
 };
+/* Replay guest: for each (writes, reads) word pair of the table at es:0: the
+ * opening write, writes-2 more, the reads, the closing 0xFF (read array);
+ * a pair with writes == 1 is one write; writes == 0 ends the table. */
+static const uint8_t replay_code[] = {
+	0xB8, 0x00, 0x80,               /*  0: mov ax, 0x8000          */
+	0x8E, 0xD8,                     /*  3: mov ds, ax  ; flash     */
+	0xB8, 0x00, 0x10,               /*  5: mov ax, 0x1000          */
+	0x8E, 0xC0,                     /*  8: mov es, ax  ; table     */
+	0x31, 0xF6,                     /* 10: xor si, si              */
+	/* phase: */
+	0x26, 0x8B, 0x0C,               /* 12: mov cx, es:[si]         */
+	0x26, 0x8B, 0x54, 0x02,         /* 15: mov dx, es:[si+2]       */
+	0x83, 0xC6, 0x04,               /* 19: add si, 4               */
+	0xE3, 0x23,                     /* 22: jcxz done (59)          */
+	0xC6, 0x06, 0x00, 0x00, 0x10,   /* 24: mov byte [0], 0x10      */
+	0x49,                           /* 29: dec cx                  */
+	0x74, 0xEC,                     /* 30: jz phase (12)           */
+	0x49,                           /* 32: dec cx                  */
+	0x74, 0x07,                     /* 33: jz reads (42)           */
+	/* wloop: */
+	0xC6, 0x06, 0x00, 0x00, 0x10,   /* 35: mov byte [0], 0x10      */
+	0xE2, 0xF9,                     /* 40: loop wloop (35)         */
+	/* reads: */
+	0x85, 0xD2,                     /* 42: test dx, dx             */
+	0x74, 0x06,                     /* 44: jz last (52)            */
+	/* rloop: */
+	0xA0, 0x00, 0x00,               /* 46: mov al, [0]             */
+	0x4A,                           /* 49: dec dx                  */
+	0x75, 0xFA,                     /* 50: jnz rloop (46)          */
+	/* last: */
+	0xC6, 0x06, 0x00, 0x00, 0xFF,   /* 52: mov byte [0], 0xFF      */
+	0xEB, 0xD1,                     /* 57: jmp phase (12)          */
+	/* done: */
+	0xE6, PORT_BOOTED,              /* 59: out 0xF1, al            */
+	0xF4,                           /* 61: hlt                     */
+	0xEB, 0xFE,                     /* 62: jmp $                   */
+};
+
+/* "W[/R][*N],..." into phase_w/phase_r; the number of phases, or -1. */
+static long parse_pattern(const char *p)
+{
+	long n = 0;
+
+	while (*p) {
+		char *end;
+		long w = strtol(p, &end, 10), r = 0, times = 1;
+
+		if (end == p || w < 1 || w > 60000)
+			return -1;
+		p = end;
+		if (*p == '/') {
+			r = strtol(p + 1, &end, 10);
+			if (end == p + 1 || r < 0 || r > 60000)
+				return -1;
+			p = end;
+		}
+		if (*p == '*') {
+			times = strtol(p + 1, &end, 10);
+			if (end == p + 1 || times < 1 || times > MAX_PHASES)
+				return -1;
+			p = end;
+		}
+		if (r > 0 && w < 2)
+			return -1;      /* reads need an opening and a closing write */
+		for (long i = 0; i < times; i++) {
+			if (n >= MAX_PHASES)
+				return -1;
+			phase_w[n] = (uint16_t)w;
+			phase_r[n] = (uint16_t)r;
+			n++;
+		}
+		if (*p == ',')
+			p++;
+		else if (*p)
+			return -1;
+	}
+	return n;
+}
+
 static const uint8_t spin_io_code[] = {
 	0xE6, PORT_SPIN,                /* out 0xF3, al */
 	0xEB, 0xFC,                     /* jmp back     */
@@ -167,7 +260,9 @@ struct options {
 	long control_ms;
 	int control_cpu;
 	int control_jiffies;    /* the control's period, in jiffies (1: every tick) */
+	long phases;            /* > 0: replaying --pattern (then cycles = phases) */
 };
+
 
 enum { SPIN_IO, SPIN_LOOP, SPIN_CPUID, SPIN_FAULT, SPIN_BLOCK, SPIN_MODES };
 static const char *spin_names[] = { "io", "loop", "cpuid", "fault", "block" };
@@ -675,6 +770,7 @@ static void usage(void)
 		"usage: flashvmm [--cycles N] [--static-slots N] [--spinners N]\n"
 		"                [--spin-mode io|loop|cpuid|fault|block] [--flash-cpu C] [--spinner-cpu C]\n"
 		"                [--block-us US] [--block-gap-us US] [--timeout SECONDS] [--censor-ms MS]\n"
+		"                [--pattern W[/R][*N],...]\n"
 		"       flashvmm --control-duty F [--control-ms MS] [--control-cpu C] [--control-jiffies N]\n");
 	exit(1);
 }
@@ -695,6 +791,7 @@ static void parse_args(int argc, char **argv, struct options *o)
 	o->control_ms = 4000;
 	o->control_cpu = 1;
 	o->control_jiffies = 1;
+	o->phases = 0;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 
@@ -734,6 +831,11 @@ static void parse_args(int argc, char **argv, struct options *o)
 			o->control_cpu = atoi(v);
 		else if (!strcmp(a, "--control-jiffies"))
 			o->control_jiffies = atoi(v);
+		else if (!strcmp(a, "--pattern")) {
+			o->phases = parse_pattern(v);
+			if (o->phases < 1)
+				usage();
+		}
 		else
 			usage();
 		i++;
@@ -743,6 +845,8 @@ static void parse_args(int argc, char **argv, struct options *o)
 	    o->block_gap_us < 0 || o->block_gap_us > 1000000 || o->control_duty < 0 || o->control_duty > 0.9 ||
 	    o->control_ms < 1 || o->control_ms > 600000 || o->control_jiffies < 1 || o->control_jiffies > 1000)
 		usage();
+	if (o->phases > 0)
+		o->cycles = o->phases;
 }
 
 int main(int argc, char **argv)
@@ -756,6 +860,8 @@ int main(int argc, char **argv)
 	struct rusage ru;
 	pthread_t watchdog;
 	long updates = 0, mmio_writes = 0, mmio_reads = 0, other_exits = 0;
+	long rp = 0, rk = 0;    /* replay: the phase, and the accesses made in it so far */
+	int romd = 1;           /* the flash is mapped (ROM mode) */
 	char failure[256] = "";
 	long nslots_cap;
 	unsigned long long flash_thread_ns;
@@ -824,7 +930,18 @@ int main(int argc, char **argv)
 	if (ram == MAP_FAILED || flash == MAP_FAILED || static_page == MAP_FAILED || scratch == MAP_FAILED ||
 	    !lat || !lat_kind[0] || !lat_kind[1])
 		die("allocating guest memory");
-	memcpy(ram + FLASH_CODE_GPA, flash_code, sizeof(flash_code));
+	if (o.phases > 0) {
+		uint16_t *table = (uint16_t *)(ram + TABLE_GPA);
+
+		memcpy(ram + FLASH_CODE_GPA, replay_code, sizeof(replay_code));
+		for (long i = 0; i < o.phases; i++) {
+			table[2 * i] = phase_w[i];
+			table[2 * i + 1] = phase_r[i];
+		}
+		table[2 * o.phases] = 0;
+	} else {
+		memcpy(ram + FLASH_CODE_GPA, flash_code, sizeof(flash_code));
+	}
 	memcpy(ram + SPIN_IO_GPA, spin_io_code, sizeof(spin_io_code));
 	memcpy(ram + SPIN_LOOP_GPA, spin_loop_code, sizeof(spin_loop_code));
 	memcpy(ram + SPIN_CPUID_GPA, spin_cpuid_code, sizeof(spin_cpuid_code));
@@ -867,7 +984,6 @@ int main(int argc, char **argv)
 		}
 		switch (run->exit_reason) {
 		case KVM_EXIT_MMIO: {
-			unsigned long long t0, t1;
 			int is_write = run->mmio.is_write;
 
 			if (run->mmio.phys_addr < FLASH_GPA || run->mmio.phys_addr >= FLASH_GPA + FLASH_SIZE) {
@@ -877,43 +993,71 @@ int main(int argc, char **argv)
 				guest_status = 2;
 				break;
 			}
-			if (updates >= 2 * o.cycles) {
-				snprintf(failure, sizeof(failure), "more flash accesses than cycles");
-				guest_status = 2;
-				break;
+			int acts[2], nact = 0;
+
+			if (o.phases > 0) {
+				long want_w = phase_w[rp < o.phases ? rp : 0], want_r = phase_r[rp < o.phases ? rp : 0];
+				int expect_write = rk < want_w - 1 || rk == want_w + want_r - 1;
+
+				if (rp >= o.phases || is_write != expect_write) {
+					snprintf(failure, sizeof(failure), "guest out of step with the recording: a %s at "
+						 "phase %ld, access %ld", is_write ? "write" : "read", rp, rk);
+					guest_status = 2;
+					break;
+				}
+				if (is_write && romd) {
+					acts[nact++] = 0;       /* the phase's first write: ROMD off */
+					romd = 0;
+				}
+				if (++rk == want_w + want_r) {
+					acts[nact++] = 1;       /* read array: ROMD on */
+					romd = 1;
+					rp++;
+					rk = 0;
+				}
+			} else {
+				if (updates >= 2 * o.cycles) {
+					snprintf(failure, sizeof(failure), "more flash accesses than cycles");
+					guest_status = 2;
+					break;
+				}
+				acts[nact++] = is_write ? 0 : 1;
 			}
-			t0 = now_ns();
 			if (is_write) {
-				set_slot(SLOT_FLASH, FLASH_GPA, 0, flash, KVM_MEM_READONLY);
 				mmio_writes++;
 			} else {
-				set_slot(SLOT_FLASH, FLASH_GPA, FLASH_SIZE, flash, KVM_MEM_READONLY);
 				memset(run->mmio.data, 0, sizeof(run->mmio.data));
 				run->mmio.data[0] = 0x80;       /* status: ready */
 				mmio_reads++;
 			}
-			t1 = now_ns();
-			{
-				int kind = is_write ? 0 : 1;   /* 0: delete, 1: create */
-				unsigned long long us = (t1 - t0) / 1000;
+			for (int a = 0; a < nact; a++) {
+				int kind = acts[a];     /* 0: delete, 1: create */
+				unsigned long long t0 = now_ns(), t1, us;
 				unsigned int b = 0;
 
+				set_slot(SLOT_FLASH, FLASH_GPA, kind ? FLASH_SIZE : 0, flash, KVM_MEM_READONLY);
+				t1 = now_ns();
+				us = (t1 - t0) / 1000;
 				while (b < HIST_BINS - 1 && us >= hist_edges_us[b])
 					b++;
 				hist[kind][b]++;
 				lat_kind[kind][n_kind[kind]++] = t1 - t0;
-			}
-			lat[updates++] = t1 - t0;
-			progress_updates = updates;
-			if (updates % ((2 * o.cycles + TIMELINE_POINTS - 1) / TIMELINE_POINTS) == 0 ||
-			    updates == 2 * o.cycles) {
-				int p = (int)((updates * TIMELINE_POINTS - 1) / (2 * o.cycles));
-				timeline[p] = t1 - t_setup_done;
+				lat[updates++] = t1 - t0;
+				progress_updates = updates;
+				if (updates % ((2 * o.cycles + TIMELINE_POINTS - 1) / TIMELINE_POINTS) == 0 ||
+				    updates == 2 * o.cycles) {
+					int pt = (int)((updates * TIMELINE_POINTS - 1) / (2 * o.cycles));
+
+					timeline[pt] = t1 - t_setup_done;
+				}
 			}
 			break;
 		}
 		case KVM_EXIT_IO:
-			if (run->io.port == PORT_BOOTED)
+			if (run->io.port == PORT_BOOTED && o.phases > 0 && rp != o.phases) {
+				snprintf(failure, sizeof(failure), "guest finished after %ld of %ld phases", rp, o.phases);
+				guest_status = 2;
+			} else if (run->io.port == PORT_BOOTED)
 				guest_status = 1;
 			else if (run->io.port == PORT_FAILED) {
 				snprintf(failure, sizeof(failure), "guest check failed after %ld updates", updates);
@@ -973,8 +1117,8 @@ int main(int argc, char **argv)
 	printf("  \"tool\": \"flashvmm\", \"version\": %d,\n  \"failure\": \"%s\",\n", VMM_VERSION, failure);
 	printf("  \"params\": {\"cycles\": %ld, \"static_slots\": %ld, \"spinners\": %d, "
 	       "\"spin_mode\": \"%s\", \"flash_cpu\": %d, \"spinner_cpu\": %d, \"block_us\": %ld, "
-	       "\"block_gap_us\": %ld},\n", o.cycles, o.static_slots, o.spinners, spin_names[o.spin_mode],
-	       o.flash_cpu, o.spinner_cpu, o.block_us, o.block_gap_us);
+	       "\"block_gap_us\": %ld, \"phases\": %ld},\n", o.cycles, o.static_slots, o.spinners,
+	       spin_names[o.spin_mode], o.flash_cpu, o.spinner_cpu, o.block_us, o.block_gap_us, o.phases);
 	printf("  \"boot_ns\": %llu,\n  \"setup_ns\": %llu,\n  \"flash_ns\": %llu,\n",
 	       t_end - t_start, t_setup_done - t_start, t_end - t_setup_done);
 	printf("  \"updates\": %ld,\n  \"mmio_write_exits\": %ld,\n  \"mmio_read_exits\": %ld,\n"
