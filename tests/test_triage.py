@@ -398,6 +398,9 @@ def test_reply_parts_a_maintainer_acts_on(tmp_path: Path) -> None:
     again = load_config(tmp_path / "reproduce" / "pipeline.yaml")
     assert [c.name for c in again.candidates] == ["baseline", "regression-282d8998"]
     assert again.workload == cfg.workload and again.repetitions.counted == cfg.repetitions.counted
+    # The second workloads too, the firmware recording copied in: the same settings, the same pattern.
+    assert [(w.name, w.kind, w.args, w.headline) for w in again.workloads] == \
+        [(w.name, w.kind, w.args, w.headline) for w in cfg.workloads]
 
 
 def _thread_with_reviews(repo: Path, tmp_path: Path) -> Path:

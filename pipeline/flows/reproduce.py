@@ -21,6 +21,7 @@ from pipeline.records.results import metric_censored
 from pipeline.report.publish import labels as publish_labels
 from pipeline.report.publish import local_path
 from pipeline.util.gitutil import git
+from pipeline.workloads.extra import ExtraWorkload
 
 WIDTH = 72
 # The headline and the secondary metrics, as the table names them (unit in the label).
@@ -130,6 +131,19 @@ def write_bundle(store: Path, base: str, tip: str, run_id: str, dest: Path) -> P
     return dest
 
 
+def _workload_doc(w: ExtraWorkload, files: dict[str, bytes]) -> dict[str, Any]:
+    """A second workload as pipeline.yaml gives it, its file (script, recording) copied into the archive."""
+    item: dict[str, Any] = {"name": w.name, "kind": w.kind, "timeout_s": w.timeout_s}
+    if w.kind == "kvm-selftest":
+        return item | {"test": w.test, "args": list(w.args)}
+    assert w.path
+    files[f"workloads/{w.path.name}"] = w.path.read_bytes()
+    if w.kind == "firmware-replay":  # its args are ("--pattern", P, "--spinners", N, "--spin-mode", M)
+        return item | {"recording": f"workloads/{w.path.name}", "spinners": int(w.args[3]), "spin_mode": w.args[5]}
+    return item | {"path": f"workloads/{w.path.name}", "args": list(w.args), "headline": w.headline,
+                   "higher_is_better": not w.lower_is_better}
+
+
 def write_archive(cfg: Config, results: dict[str, Any], series_patches: list[Path], cand: str,
                   run_dir: Path, dest: Path) -> Path:
     """reproduce.tar.gz: reproduce/pipeline.yaml (the baseline and the series, with the settings this run
@@ -170,6 +184,8 @@ def write_archive(cfg: Config, results: dict[str, Any], series_patches: list[Pat
                         "max_counted": cfg.repetitions.max_counted, "retries": cfg.repetitions.retries},
         "report": {"alpha": cfg.report.alpha, "min_effect_pct": cfg.report.min_effect_pct},
     }
+    if cfg.workloads:
+        doc["workloads"] = [_workload_doc(x, files) for x in cfg.workloads]
     files["pipeline.yaml"] = ("# Made by kpipe triage: the run it reproduces, with this run's settings.\n"
                               + yaml.safe_dump(doc, sort_keys=False)).encode()
     for name in (base, cand):

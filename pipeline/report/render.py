@@ -152,6 +152,10 @@ def render_text(results: dict[str, Any], metadata: dict[str, Any], analysis: dic
                     least = f"at least ({stopped} run(s) stopped unfinished) " if stopped else ""
                     line = (f"  {r['name']}: {fmt_num(s.get('median', math.nan), 3)} {least}"
                             f"{_pct(agr['change_pct'])} (p {fmt_p(agr['p_value'])}, {agr['verdict']}); {agr['text']}")
+                    if w["kind"] == "firmware-replay":
+                        base = next(b for b in a["rows"] if b["is_baseline"])["summaries"].get(w["headline"], {})
+                        line += (f"; a real firmware boot loses "
+                                 f"{s.get('median', math.nan) - base.get('median', math.nan):+.2f} s here")
                 out.extend(textwrap.wrap(line, WIDTH, subsequent_indent="    "))
     for r in a["rows"]:
         for c in r.get("on_top_of", []):
