@@ -99,6 +99,7 @@ def test_report_command_formats_and_exit_code(real, tmp_path: Path, capsys: pyte
 
 
 def test_swept_parameter_is_found_and_plotted(real) -> None:
+    from pipeline.records.read import Results
     from pipeline.report.plots import swept_parameters
 
     results, metadata = real
@@ -111,7 +112,7 @@ def test_swept_parameter_is_found_and_plotted(real) -> None:
     r["candidates"]["phase-1"] = copy.deepcopy(src)
     r["candidate_order"].append("phase-1")
     r["candidate_specs"]["phase-1"] = {"changes": [{"kind": "cmdline", "value": "srcutree.srcu_max_nodelay_phase=1"}]}
-    sweeps = swept_parameters(r, r["candidate_order"])
+    sweeps = swept_parameters(Results.from_json(r), r["candidate_order"])
     # srcu-params-5.19 changes two parameters at once: not a point of either sweep.
     assert [(v, n) for v, n in sweeps["srcutree.srcu_max_nodelay_phase"]] == [(1.0, "phase-1"), (10.0, "phase-10")]
     assert "srcutree.srcu_max_nodelay" not in sweeps

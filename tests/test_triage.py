@@ -14,6 +14,7 @@ from conftest import REPO, TARBALL, git, small_config
 from pipeline.errors import UserError
 from pipeline.flows.intake import resolve_source
 from pipeline.flows.mail import parse_series, write_reply
+from pipeline.records.read import Results
 from pipeline.stages.patchcheck import UnsafePatch
 
 
@@ -374,8 +375,8 @@ def test_reply_parts_a_maintainer_acts_on(tmp_path: Path) -> None:
     metadata = json.loads((run / "metadata.json").read_text())
     metadata["machine"] = {"cpu_model": "AMD EPYC 7B13", "cpus": "2", "mem_kb": str(24 * 1024**2),
                            "kernel": "6.1.0-28-amd64"}
-    table = lkp_table(results, "baseline", "regression-282d8998")
-    lines = machine_lines(metadata) + workload_lines(metadata, results) + table.splitlines()
+    table = lkp_table(Results.from_json(results), "baseline", "regression-282d8998")
+    lines = machine_lines(metadata) + workload_lines(metadata) + table.splitlines()
     assert all(len(x) <= 72 for x in lines), [x for x in lines if len(x) > 72]
     assert lines[0] == "Machine:   AMD EPYC 7B13, 2 threads, 24 GiB RAM"
     assert "3100 flash cycles" in " ".join(lines) and "placement apart" in " ".join(lines)
@@ -390,7 +391,8 @@ def test_reply_parts_a_maintainer_acts_on(tmp_path: Path) -> None:
     assert "| Closes: https://lore.kernel.org/r/m-1@example.org" in tags
     cfg = load_config(REPO / "pipeline.yaml")
     patch = REPO / "patches" / "0001-srcu-v5.19-rc1-expedited-policy-regression.patch"
-    archive = write_archive(cfg, results, [patch], "regression-282d8998", run, tmp_path / "reproduce.tar.gz")
+    archive = write_archive(cfg, Results.from_json(results), [patch], "regression-282d8998", run,
+                            tmp_path / "reproduce.tar.gz")
     with tarfile.open(archive) as tar:
         tar.extractall(tmp_path, filter="data")
     assert (tmp_path / "reproduce" / "patches" / patch.name).read_bytes() == patch.read_bytes()

@@ -17,7 +17,7 @@ import yaml
 
 from pipeline import __version__
 from pipeline.config import Config
-from pipeline.records.results import metric_censored
+from pipeline.records.read import Results
 from pipeline.report.publish import labels as publish_labels
 from pipeline.report.publish import local_path
 from pipeline.util.gitutil import git
@@ -47,7 +47,7 @@ def machine_lines(metadata: dict[str, Any]) -> list[str]:
     return [_cut(x) for x in lines]
 
 
-def workload_lines(metadata: dict[str, Any], results: dict[str, Any]) -> list[str]:
+def workload_lines(metadata: dict[str, Any]) -> list[str]:
     """The workload's parameters in a few mail lines (cycles, readers, placement, runs a side)."""
     w = metadata.get("workload") or {}
     reps = metadata.get("repetitions") or {}
@@ -64,9 +64,8 @@ def _cut(line: str) -> str:
     return line if len(line) <= WIDTH else line[: WIDTH - 3] + "..."
 
 
-def _values(results: dict[str, Any], cand: str, metric: str) -> list[float]:
-    runs = results.get("candidates", {}).get(cand, {}).get("runs", [])
-    return [float(r["metrics"][metric]) for r in runs if metric in r.get("metrics", {})]
+def _values(results: Results, cand: str, metric: str) -> list[float]:
+    return [r.metrics[metric] for r in results.candidate(cand).runs if metric in r.metrics]
 
 
 def _side(values: list[float]) -> str:
@@ -83,10 +82,10 @@ def _num(v: float) -> str:
     return f"{v:.0f}" if a >= 1000 else f"{v:.1f}" if a >= 100 else f"{v:.2f}" if a >= 1 else f"{v:.3f}"
 
 
-def lkp_table(results: dict[str, Any], base: str, cand: str, extra_metrics: tuple[tuple[str, str], ...] = ()) -> str:
+def lkp_table(results: Results, base: str, cand: str, extra_metrics: tuple[tuple[str, str], ...] = ()) -> str:
     """Each side's median and spread (%stddev of its runs) and the change (ratio of geometric means, as the
     verdict reads it), per metric, in the manner of 0-day's `%stddev %change %stddev` tables; 72 columns."""
-    nb, nc = (len(results["candidates"].get(name, {}).get("runs", [])) for name in (base, cand))
+    nb, nc = (len(results.candidate(name).runs) for name in (base, cand))
     head = f"{'baseline (n=' + str(nb) + ')':>17} {'%change':>9} {'series (n=' + str(nc) + ')':>17}"
     out = [head, f"{'median ±%stddev':>17} {'':>9} {'median ±%stddev':>17}", "-" * len(head)]
     for metric, label in (*TABLE_METRICS, *extra_metrics):
@@ -94,8 +93,7 @@ def lkp_table(results: dict[str, Any], base: str, cand: str, extra_metrics: tupl
         if not b and not c:
             continue
         # Runs stopped unfinished (censored) give lower bounds: the series' side is then "at least".
-        least = ">=" if any(metric_censored(r, metric) for r in results["candidates"].get(cand, {}).get("runs", [])
-                            if metric in r.get("metrics", {})) else ""
+        least = ">=" if any(r.stopped(metric) for r in results.candidate(cand).runs if metric in r.metrics) else ""
         if b and c and min(b + c) > 0:
             # The ratio of geometric means: the verdict's own change, so the table and the verdict agree.
             chg = f"{least}{100 * (math.exp(_mean_log(c) - _mean_log(b)) - 1):+.1f}%"
@@ -144,7 +142,7 @@ def _workload_doc(w: ExtraWorkload, files: dict[str, bytes]) -> dict[str, Any]:
                    "higher_is_better": not w.lower_is_better}
 
 
-def write_archive(cfg: Config, results: dict[str, Any], series_patches: list[Path], cand: str,
+def write_archive(cfg: Config, results: Results, series_patches: list[Path], cand: str,
                   run_dir: Path, dest: Path) -> Path:
     """reproduce.tar.gz: reproduce/pipeline.yaml (the baseline and the series, with the settings this run
     used), the series' patches as applied, the kernel fragments, each side's final .config, the QEMU
@@ -189,14 +187,14 @@ def write_archive(cfg: Config, results: dict[str, Any], series_patches: list[Pat
     files["pipeline.yaml"] = ("# Made by kpipe triage: the run it reproduces, with this run's settings.\n"
                               + yaml.safe_dump(doc, sort_keys=False)).encode()
     for name in (base, cand):
-        cfg_file = results["candidates"].get(name, {}).get("stages", {}).get("build", {}).get("dir")
+        cfg_file = results.candidate(name).stages.get("build", {}).get("dir")
         if cfg_file and (Path(cfg_file) / "config").is_file():
             files[f"config-{'baseline' if name == base else 'series'}"] = (Path(cfg_file) / "config").read_bytes()
     qemu = _qemu_command(run_dir)
     if qemu:  # with this machine's paths made into labels, as everything published
         files["qemu-command.txt"] = local_path(qemu, publish_labels(run_dir)).encode()
     files["VERSION"] = f"kpipe {__version__}\n".encode()
-    files["README"] = (f"Re-run the evaluation of run {results.get('run_id', '?')} (kpipe {__version__}):\n\n"
+    files["README"] = (f"Re-run the evaluation of run {results.run_id or '?'} (kpipe {__version__}):\n\n"
                        "    tar xzf reproduce.tar.gz && kpipe run -c reproduce/pipeline.yaml\n\n"
                        "config-baseline and config-series are the final .config files; qemu-command.txt is\n"
                        "the command line the test hosts ran (its port was this machine's; <cache> is kpipe's\n"

@@ -187,11 +187,12 @@ def run_triage(cfg: Config, source: str, progress: Any = None, bisect: bool = Fa
     store = object_store(cfg.cache_dir)
     bundle = write_bundle(store, base_commit, commits[-1] if commits else "", folder.run_id,
                           out / "tested-commits.bundle") if commits else None
-    archive = write_archive(tcfg, results, [p.path for p in series.patches], cand, folder.path,
+    records = Results.from_json(results)
+    archive = write_archive(tcfg, records, [p.path for p in series.patches], cand, folder.path,
                             out / "reproduce.tar.gz")
-    details = "\n".join(intake_lines(series) + machine_lines(metadata) + workload_lines(metadata, results))
-    if results["candidates"][cand].get("runs") and results["candidates"][tcfg.baseline].get("runs"):
-        details += "\n\n" + lkp_table(results, tcfg.baseline, cand)
+    details = "\n".join(intake_lines(series) + machine_lines(metadata) + workload_lines(metadata))
+    if records.candidate(cand).runs and records.candidate(tcfg.baseline).runs:
+        details += "\n\n" + lkp_table(records, tcfg.baseline, cand)
     sender, _ = reply_sender(cfg.report.reply_from)
     tags = fix_tags(sender, series.message_id) if regressed else ""
     reply, warnings = write_reply(series, render_text(results, metadata, a), first, link, out / "reply.eml",

@@ -1,4 +1,4 @@
-"""Inline SVG plots for the HTML report (matplotlib, rendered from results.json only)."""
+"""Inline SVG plots for the HTML report (matplotlib), drawn from the typed records of records.read only."""
 from __future__ import annotations
 
 import io
@@ -11,7 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pipeline.records.results import metric_censored  # noqa: E402
+from pipeline.records.read import Results  # noqa: E402
+from pipeline.records.results import RunRecord  # noqa: E402
 
 matplotlib.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False,
                             "axes.spines.right": False, "svg.hashsalt": "kpipe"})
@@ -34,17 +35,17 @@ def _label(text: str) -> str:
     return re.sub(r"[<>&\"']", "_", text)
 
 
-def _runs(results: dict[str, Any], name: str, metric: str = "boot_s") -> list[dict[str, Any]]:
+def _runs(results: Results, name: str, metric: str = "boot_s") -> list[RunRecord]:
     """A candidate's runs that measured `metric` to the end: a censored run has only a lower bound, and the
     tables, not the plots, show it (as ">=")."""
-    return [r for r in results["candidates"].get(name, {}).get("runs", []) if not metric_censored(r, metric)]
+    return [r for r in results.candidate(name).runs if not r.stopped(metric)]
 
 
-def distribution(results: dict[str, Any], order: list[str], metric: str, title: str, unit: str) -> str:
+def distribution(results: Results, order: list[str], metric: str, title: str, unit: str) -> str:
     """An SVG strip plot of each candidate's runs of `metric`, one row per candidate."""
     fig, ax = plt.subplots(figsize=(6.4, 0.5 + 0.45 * max(1, len(order))))
     for i, name in enumerate(order):
-        vals = [r["metrics"][metric] for r in _runs(results, name)]
+        vals = [r.metrics[metric] for r in _runs(results, name)]
         if not vals:
             continue
         color = COLORS[i % len(COLORS)]
@@ -60,20 +61,20 @@ def distribution(results: dict[str, Any], order: list[str], metric: str, title: 
     return svg_of(fig)
 
 
-def _wide(results: dict[str, Any], order: list[str], metric: str) -> bool:
+def _wide(results: Results, order: list[str], metric: str) -> bool:
     """True when the values span more than 5x: a log axis then keeps small differences visible."""
-    vals = [r["metrics"][metric] for n in order for r in _runs(results, n) if r["metrics"].get(metric, 0) > 0]
+    vals = [r.metrics[metric] for n in order for r in _runs(results, n) if r.metrics.get(metric, 0) > 0]
     return bool(vals) and max(vals) / min(vals) > 5
 
 
-def tradeoff(results: dict[str, Any], order: list[str]) -> str:
+def tradeoff(results: Results, order: list[str]) -> str:
     """An SVG of guest boot time against host CPU, one point per run: the latency-cost trade-off."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for i, name in enumerate(order):
         runs = _runs(results, name)
         if not runs:
             continue
-        ax.scatter([r["metrics"]["boot_s"] for r in runs], [r["metrics"]["host_cpu_s"] for r in runs],
+        ax.scatter([r.metrics["boot_s"] for r in runs], [r.metrics["host_cpu_s"] for r in runs],
                    s=22, color=COLORS[i % len(COLORS)], label=_label(name), alpha=0.85)
     ax.set_xlabel("guest boot time (s)  - lower is better")
     ax.set_ylabel("host CPU over the boot (s)  - lower is better")
@@ -88,16 +89,16 @@ def tradeoff(results: dict[str, Any], order: list[str]) -> str:
     return svg_of(fig)
 
 
-def timeline(results: dict[str, Any], order: list[str]) -> str:
+def timeline(results: Results, order: list[str]) -> str:
     """Memslot updates completed against time, for each candidate's median run."""
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     for i, name in enumerate(order):
-        runs = sorted(_runs(results, name), key=lambda r: r["metrics"]["boot_s"])
+        runs = sorted(_runs(results, name), key=lambda r: r.metrics["boot_s"])
         if not runs:
             continue
         run = runs[(len(runs) - 1) // 2]  # the run at (or just below) the median
-        points = run["raw"].get("timeline_ns", [])
-        total = run["metrics"]["updates"]
+        points = run.raw.get("timeline_ns", [])
+        total = run.metrics["updates"]
         xs = [0.0] + [p / 1e9 for p in points if p]
         ys = [0.0] + [total * (k + 1) / len(points) for k, p in enumerate(points) if p]
         ax.plot(xs, ys, marker=".", color=COLORS[i % len(COLORS)], label=_label(name))
@@ -108,7 +109,7 @@ def timeline(results: dict[str, Any], order: list[str]) -> str:
     return svg_of(fig)
 
 
-def latency_percentiles(results: dict[str, Any], order: list[str]) -> str:
+def latency_percentiles(results: Results, order: list[str]) -> str:
     """An SVG of memslot update latency percentiles per candidate (from the runs' histograms)."""
     fig, ax = plt.subplots(figsize=(6.4, 3.4))
     keys = [("update_p50_us", "p50"), ("update_p90_us", "p90"), ("update_p99_us", "p99"), ("update_max_us", "max")]
@@ -117,7 +118,7 @@ def latency_percentiles(results: dict[str, Any], order: list[str]) -> str:
         runs = _runs(results, name)
         if not runs:
             continue
-        per_key = [sorted(r["metrics"][key] for r in runs if key in r["metrics"]) for key, _ in keys]
+        per_key = [sorted(r.metrics[key] for r in runs if key in r.metrics) for key, _ in keys]
         if not all(per_key):
             continue
         meds = [statistics.median(vals) for vals in per_key]
@@ -131,14 +132,14 @@ def latency_percentiles(results: dict[str, Any], order: list[str]) -> str:
     return svg_of(fig)
 
 
-def gp_histogram(results: dict[str, Any], order: list[str]) -> str:
+def gp_histogram(results: Results, order: list[str]) -> str:
     """Share of memslot updates per latency bin (all counted runs), one line per candidate, log axes."""
     fig, ax = plt.subplots(figsize=(6.8, 3.8))
     edges: list[float] = []
     for i, name in enumerate(order):
         total: list[int] = []
         for r in _runs(results, name):
-            raw = r.get("raw", {})
+            raw = r.raw
             if "hist_edges_us" not in raw:
                 continue
             edges = [float(e) for e in raw["hist_edges_us"]]
@@ -164,13 +165,12 @@ def gp_histogram(results: dict[str, Any], order: list[str]) -> str:
     return svg_of(fig)
 
 
-def swept_parameters(results: dict[str, Any], order: list[str]) -> dict[str, list[tuple[float, str]]]:
+def swept_parameters(results: Results, order: list[str]) -> dict[str, list[tuple[float, str]]]:
     """Kernel parameters given numeric values by two or more candidates: name -> [(value, candidate)]."""
-    specs = results.get("candidate_specs", {})
     found: dict[str, list[tuple[float, str]]] = {}
     for name in order:
-        changes = specs.get(name, {}).get("changes", [])
-        words = [w for ch in changes if ch.get("kind") == "cmdline" for w in str(ch.get("value", "")).split()]
+        changes = results.spec(name).changes
+        words = [w for kind, value in changes if kind == "cmdline" for w in value.split()]
         if len(words) != 1 or len(changes) != 1:
             continue  # a sweep point changes one parameter and nothing else
         key, _, value = words[0].partition("=")
@@ -181,13 +181,13 @@ def swept_parameters(results: dict[str, Any], order: list[str]) -> dict[str, lis
     return {k: sorted(v) for k, v in found.items() if len({x for x, _ in v}) >= 2}
 
 
-def sweep(results: dict[str, Any], order: list[str], param: str, points: list[tuple[float, str]]) -> str:
+def sweep(results: Results, order: list[str], param: str, points: list[tuple[float, str]]) -> str:
     """Median guest boot time and host CPU (with min-max bars) against a swept boot parameter."""
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     for metric, color, label in (("boot_s", COLORS[0], "guest boot (s)"), ("host_cpu_s", COLORS[1], "host CPU (s)")):
         xs, meds, lo, hi = [], [], [], []
         for value, name in points:
-            vals = sorted(r["metrics"][metric] for r in _runs(results, name, metric) if metric in r["metrics"])
+            vals = sorted(r.metrics[metric] for r in _runs(results, name, metric) if metric in r.metrics)
             if not vals:
                 continue
             med = statistics.median(vals)
@@ -205,7 +205,7 @@ def sweep(results: dict[str, Any], order: list[str], param: str, points: list[tu
     return svg_of(fig)
 
 
-def all_plots(results: dict[str, Any], order: list[str]) -> dict[str, str]:
+def all_plots(results: Results, order: list[str]) -> dict[str, str]:
     """Every plot the run's page shows, by name, as SVG text."""
     sweeps = {f"sweep: {k}": sweep(results, order, k, v) for k, v in swept_parameters(results, order).items()}
     return sweeps | {

@@ -12,6 +12,7 @@ from typing import Any
 import jinja2
 
 from pipeline.errors import UserError
+from pipeline.records.read import Results
 from pipeline.records.results import read_results, write_json_atomic, write_text_atomic
 from pipeline.report.analysis import METRICS, analyze, fmt_num, fmt_p, is_number
 from pipeline.report.publish import copy_logs, publishable
@@ -246,7 +247,7 @@ def render_html(results: dict[str, Any], metadata: dict[str, Any], analysis: dic
 
     a = analysis or analyze(results)
     order = [r["name"] for r in a["rows"]]
-    plots = all_plots(results, order) if any(r["n"] for r in a["rows"]) else {}
+    plots = all_plots(Results.from_json(results), order) if any(r["n"] for r in a["rows"]) else {}
     return template_env().get_template("run.html.j2").render(
         results=results, metadata=metadata, a=a, plots=plots, metrics=METRICS, reply=reply,
         text_summary=render_text(results, metadata, a), specs=results.get("candidate_specs", {}))
