@@ -2,6 +2,9 @@
 # Install what kpipe needs on Debian 12 (run as root, or with sudo available):
 #   ./setup.sh          system packages + .venv with the pipeline
 #   ./setup.sh --test   the same, plus what the tests need (Chromium, pytest, linters)
+# With KPIPE_LAVA=1, --test also installs and starts a local LAVA on 127.0.0.1 (vm-templates/lava/
+# lava-local.sh: postgres, apache on 127.0.0.1:80, the LAVA daemons) for the LAVA runtime's end-to-end
+# test; CI does. It goes first: while it installs, its policy-rc.d holds back every daemon's start.
 set -euo pipefail
 cd "$(dirname "$0")"
 with_tests=0
@@ -9,6 +12,9 @@ with_tests=0
 
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+lava=0
+[ "$with_tests" = 1 ] && [ "${KPIPE_LAVA:-0}" = 1 ] && lava=1
+[ "$lava" = 1 ] && $SUDO vm-templates/lava/lava-local.sh install
 
 packages=(
   git make gcc libc6-dev flex bison bc cpio xz-utils kmod libelf-dev libssl-dev ccache
@@ -40,4 +46,5 @@ fi
 extra=""
 [ "$with_tests" = 1 ] && extra="[test]"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extra}"
+[ "$lava" = 1 ] && $SUDO vm-templates/lava/lava-local.sh start
 echo "setup: done (.venv ready)"

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline.candidates import CMDLINE_PARAM_RE, Candidate, Tree, load_candidates, load_trees
 from pipeline.machines.accel import CHOICES as ACCELERATORS
+from pipeline.machines.lava import LavaSettings
 from pipeline.machines.spec import LOCAL_HOST, HostSpec, hosts_from_yaml, load_hosts
 from pipeline.util.yamlreader import read_yaml
 from pipeline.workloads.flash import Workload, load_workload
@@ -100,6 +102,8 @@ class Config:
     report: ReportSettings
     hosts: tuple[HostSpec, ...] = (LOCAL_HOST,)
     workloads: tuple[Any, ...] = ()  # workloads.ExtraWorkload: run after the flash workload
+    runtime: str = "local"  # where test hosts run: "local" (this machine and the SSH pool) or "lava"
+    lava: LavaSettings = LavaSettings()
 
     def workload_of(self, cand: Candidate) -> Workload:
         """The workload a candidate runs: its own settings over the config's."""
@@ -124,7 +128,7 @@ def default_cache_dir(setting: str | None, root: Path) -> Path:
 
 
 TOP_KEYS = ("cache_dir", "runs_dir", "trees", "baseline", "candidates", "kernel", "test_host",
-            "workload", "workloads", "repetitions", "report", "hosts")
+            "workload", "workloads", "repetitions", "report", "hosts", "runtime", "lava")
 
 
 def load_config(path: str | Path, hosts_file: str | Path | None = None) -> Config:
@@ -203,6 +207,22 @@ def load_config(path: str | Path, hosts_file: str | Path | None = None) -> Confi
     })
     if "dir" not in (data.get("report") or {}):
         report = dataclasses.replace(report, dir=(root / "reports").resolve())
+    runtime = r.typed(data.get("runtime", "local"), "runtime", str, lambda x: x in ("local", "lava"),
+                      "local (this machine and the hosts: pool) or lava")
+    lava = r.settings(data.get("lava"), "lava", LavaSettings, {
+        "url": lambda v, p: r.typed(v, p, str, lambda x: x.startswith(("http://", "https://")) and x.isprintable(),
+                                    "the lab's base URL, http(s)://..."),
+        "token_file": lambda v, p: str((root / os.path.expanduser(r.typed(v, p, str))).resolve()),
+        "device_type": lambda v, p: r.typed(v, p, str, lambda x: bool(re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", x)),
+                                            "a LAVA device type name"),
+        "tags": lambda v, p: tuple(r.typed(t, f"{p}[{i}]", str, lambda x: bool(re.fullmatch(r"[\w.-]{1,64}", x)),
+                                           "a device tag") for i, t in enumerate(r.typed(v, p, list))),
+        "priority": lambda v, p: r.typed(v, p, str, lambda x: x in ("high", "medium", "low"), "high, medium or low"),
+        "job_timeout_min": lambda v, p: r.typed(v, p, int, lambda x: 5 <= x <= 1440, "5 to 1440"),
+    })
+    if runtime == "lava" and "workloads" in data:
+        raise r.error("workloads", "the lava runtime runs the flash workload only: drop workloads: or use "
+                                   "runtime: local")
     cache_setting = r.typed(data["cache_dir"], "cache_dir", str) if "cache_dir" in data else None
     runs_dir = (root / r.typed(data.get("runs_dir", "runs"), "runs_dir", str)).resolve()
     return Config(source=source, root=root, cache_dir=default_cache_dir(cache_setting, root),
@@ -210,4 +230,5 @@ def load_config(path: str | Path, hosts_file: str | Path | None = None) -> Confi
                   kernel=kernel, test_host=test_host, workload=workload, repetitions=reps,
                   report=report, hosts=hosts_from_yaml(r, data.get("hosts")) if hosts_file is None
                   else load_hosts(hosts_file),
-                  workloads=load_workloads(r, data["workloads"]) if "workloads" in data else ())
+                  workloads=load_workloads(r, data["workloads"]) if "workloads" in data else (),
+                  runtime=runtime, lava=lava)

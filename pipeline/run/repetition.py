@@ -21,13 +21,22 @@ from pipeline.machines.hostcmd import LINK_FAULTS, RemoteTimeout
 from pipeline.machines.load import HostLoad, foreign_load, sample
 from pipeline.machines.pool import HostLost, PoolHost, Stopped
 from pipeline.records.results import RetryRecord, RunFolder, RunRecord, now_iso
+from pipeline.run.lava_runtime import LavaRuntime
 from pipeline.stages.boot import BootFailed, boot_test_host
 from pipeline.stages.build import BuildArtifacts
 from pipeline.stages.initramfs import Initramfs
 from pipeline.stages.patch import PatchedTree
 from pipeline.util.progress import Progress
 from pipeline.workloads.extra import ExtraWorkload, WorkloadOutputError
-from pipeline.workloads.flash import WorkloadFailed, WorkloadLost, WorkloadResult, install_vmm, run_workload
+from pipeline.workloads.flash import (
+    REMOTE_VMM,
+    WorkloadFailed,
+    WorkloadLost,
+    WorkloadResult,
+    install_vmm,
+    run_workload,
+    vmm_argv,
+)
 from pipeline.workloads.kinds import run_extra
 
 
@@ -75,6 +84,8 @@ class RepetitionRunner:
         self.cfg, self.folder, self.progress, self.hosts, self.stop = cfg, folder, progress, hosts, stop
         self._fail = fail
         self._boot, self._workload, self._install, self._extra = boot, workload, install, extra
+        # Where test hosts run: QEMU here or on a pool host (self._boot), or a LAVA lab's job per repetition.
+        self.lava = LavaRuntime(cfg, folder, stop) if cfg.runtime == "lava" else None
 
     # -- one repetition --------------------------------------------------------------------------
     def measure_once(self, prep: Prepared, initramfs: Initramfs, vmm: Path, pool_host: PoolHost,
@@ -150,8 +161,16 @@ class RepetitionRunner:
                       round_idx: int, attempt: int, tag: str) -> tuple[RunRecord, list[tuple[str, str, str]]]:
         assert prep.artifacts and prep.patched
         name = prep.candidate.name
-        with self._boot(pool_host.executor, prep.artifacts, initramfs, self.cfg.test_host, prep.patched.cmdline,
-                        self.folder.path / "logs" / name, tag, pool_host.accel) as host:
+        workload = self.cfg.workload_of(prep.candidate)
+        censor = self._censor_s(prep.candidate)
+        if censor > 0:
+            workload = dataclasses.replace(workload, censor_s=censor)
+        logdir = self.folder.path / "logs" / name
+        session = self.lava.session(prep, vmm, tag, logdir, [vmm_argv(REMOTE_VMM, workload, self.cfg.test_host.cpus)]) \
+            if self.lava is not None else self._boot(pool_host.executor, prep.artifacts, initramfs,
+                                                     self.cfg.test_host, prep.patched.cmdline, logdir, tag,
+                                                     pool_host.accel)
+        with session as host:
             prep.boots += 1
             if "boot" not in self.folder.candidate(name)["stages"]:
                 self.folder.record_stage(name, "boot", {
@@ -169,10 +188,6 @@ class RepetitionRunner:
             # With share_cpus the other pool hosts on this machine are expected company: not checked.
             own = (process.pid,) if isinstance(process, LocalProcess) and not pool_host.spec.share_cpus else ()
             before = sample(own) if own else None
-            workload = self.cfg.workload_of(prep.candidate)
-            censor = self._censor_s(prep.candidate)
-            if censor > 0:
-                workload = dataclasses.replace(workload, censor_s=censor)
             result = self._workload(host, workload, self.cfg.test_host.cpus)
             load = foreign_load(before, sample(own)) if before is not None else None
             self._check_disturbed(load)

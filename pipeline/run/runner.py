@@ -16,6 +16,7 @@ from pipeline.errors import InfraError, PipelineError, UserError
 from pipeline.machines.executor import LocalExecutor
 from pipeline.machines.pool import OK, PoolHost, check_pool, distcc_hosts
 from pipeline.records.results import RunFolder, now_iso
+from pipeline.run.lava_runtime import lava_pool
 from pipeline.run.measure import Measurer
 from pipeline.run.metadata import collect_metadata
 from pipeline.run.prepare import Preparer
@@ -86,6 +87,11 @@ def _new_folder(cfg: Config, cands: list[Candidate], run_id: str | None) -> RunF
 
 
 def _usable_hosts(cfg: Config, progress: Progress) -> list[PoolHost]:
+    if cfg.runtime == "lava":
+        hosts = lava_pool(cfg)
+        for h in hosts:
+            progress.say("hosts", h.name, f"{cfg.lava.url}: {h.status}: {h.reason or h.accel.reason}")
+        return hosts
     hosts = check_pool(cfg.hosts, cfg.test_host.accelerator, str(cfg.cache_dir), cfg.report.compare_across_kinds)
     for h in hosts:
         progress.say("hosts", h.name, f"{h.spec.address}: {h.status}: {h.reason}")
