@@ -211,3 +211,19 @@ def test_sessions_map_outcomes_and_a_resume_polls_the_job_it_left(tmp_path: Path
         assert host.info["lava_job"] == "1"
     assert len(lab.submitted) == 3 and lab.waited[-1] == 1
     assert issubclass(LavaLabFault, InfraError)  # the lab's own faults are retried like any infrastructure's
+
+
+def test_a_bare_metal_device_type_gets_tftp_and_ipxe_with_the_kernel_arguments_in_its_context() -> None:
+    """LAVA's x86 device type boots iPXE over the network: the kernel and ramdisk go to TFTP and the kernel
+    arguments through the device template's extra_kernel_args; no QEMU options."""
+    d = job_definition(LavaSettings(device_type="x86", tags=("epyc-7b13",)), run_id="r", candidate="c", tag="t",
+                       kernel=("https://lab/k", "a" * 64), ramdisk=("https://lab/r", "b" * 64),
+                       cmdline="console=ttyS0,115200 panic=-1", cpus=2, memory_mb=1024,
+                       commands=[["uname", "-r"]], timeout_s=60)
+    doc = yaml.safe_load(d)
+    deploy, boot = doc["actions"][0]["deploy"], doc["actions"][1]["boot"]
+    assert deploy["to"] == "tftp" and deploy["kernel"] == {"url": "https://lab/k", "sha256sum": "a" * 64,
+                                                           "type": "bzimage"}
+    assert boot["method"] == "ipxe" and boot["commands"] == "ramdisk"
+    assert doc["context"] == {"arch": "amd64", "extra_kernel_args": "console=ttyS0,115200 panic=-1"}
+    assert doc["tags"] == ["epyc-7b13"]
