@@ -128,7 +128,8 @@ class LavaRuntime:
             return self._ramdisk
 
     @contextmanager
-    def session(self, prep: Any, vmm: Path, tag: str, logdir: Path, commands: list[list[str]]) -> Iterator[LavaHost]:
+    def session(self, prep: Any, vmm: Path, tag: str, logdir: Path, commands: list[list[str]],
+                pool_host: Any = None, initramfs: Any = None) -> Iterator[LavaHost]:
         """Run one repetition's commands as a LAVA job (or poll the one a resumed run left), then yield it."""
         name = prep.candidate.name
         assert prep.artifacts and prep.patched

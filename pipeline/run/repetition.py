@@ -22,6 +22,7 @@ from pipeline.machines.load import HostLoad, foreign_load, sample
 from pipeline.machines.pool import HostLost, PoolHost, Stopped
 from pipeline.records.results import RetryRecord, RunFolder, RunRecord, now_iso
 from pipeline.run.lava_runtime import LavaRuntime
+from pipeline.run.runtime import QemuRuntime, Runtime
 from pipeline.stages.boot import BootFailed, boot_test_host
 from pipeline.stages.build import BuildArtifacts
 from pipeline.stages.initramfs import Initramfs
@@ -83,9 +84,9 @@ class RepetitionRunner:
                  extra: ExtraStep = run_extra):
         self.cfg, self.folder, self.progress, self.hosts, self.stop = cfg, folder, progress, hosts, stop
         self._fail = fail
-        self._boot, self._workload, self._install, self._extra = boot, workload, install, extra
-        # Where test hosts run: QEMU here or on a pool host (self._boot), or a LAVA lab's job per repetition.
-        self.lava = LavaRuntime(cfg, folder, stop) if cfg.runtime == "lava" else None
+        self._workload, self._install, self._extra = workload, install, extra
+        # Where test hosts run (run/runtime.py): QEMU here or on a pool host, or a LAVA lab's job per repetition.
+        self.runtime: Runtime = LavaRuntime(cfg, folder, stop) if cfg.runtime == "lava" else QemuRuntime(cfg, boot)
 
     # -- one repetition --------------------------------------------------------------------------
     def measure_once(self, prep: Prepared, initramfs: Initramfs, vmm: Path, pool_host: PoolHost,
@@ -166,11 +167,8 @@ class RepetitionRunner:
         if censor > 0:
             workload = dataclasses.replace(workload, censor_s=censor)
         logdir = self.folder.path / "logs" / name
-        session = self.lava.session(prep, vmm, tag, logdir, [vmm_argv(REMOTE_VMM, workload, self.cfg.test_host.cpus)]) \
-            if self.lava is not None else self._boot(pool_host.executor, prep.artifacts, initramfs,
-                                                     self.cfg.test_host, prep.patched.cmdline, logdir, tag,
-                                                     pool_host.accel)
-        with session as host:
+        commands = [vmm_argv(REMOTE_VMM, workload, self.cfg.test_host.cpus)]
+        with self.runtime.session(prep, vmm, tag, logdir, commands, pool_host, initramfs) as host:
             prep.boots += 1
             if "boot" not in self.folder.candidate(name)["stages"]:
                 self.folder.record_stage(name, "boot", {

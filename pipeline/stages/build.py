@@ -182,9 +182,13 @@ def build_kernel(patched: PatchedTree, kernel: KernelConfig, base_fragments: tup
     _check_disk(cache_dir)
     start = time.monotonic()
     slot = slot_path(cache_dir, kernel, fragments)
-    wt, switched = checkout_slot(slot, store, patched.commit, None)
-    place = place_build(slot, wt, cache_dir, confined, patched.trusted or not confined, patched.commit, fragments,
-                   clean, switched)
+    # A cold slot's checkout (and an untrusted build's private copy) takes half a minute: said, not silent.
+    ready = progress.heartbeat("build", label, "checking out the tree into its build slot") if progress \
+        else contextlib.nullcontext()
+    with ready:
+        wt, switched = checkout_slot(slot, store, patched.commit, None)
+        place = place_build(slot, wt, cache_dir, confined, patched.trusted or not confined, patched.commit,
+                            fragments, clean, switched)
     bdir, box = place.bdir, place.box
     if box:
         distcc_hosts = ()

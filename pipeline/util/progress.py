@@ -52,7 +52,7 @@ class Progress:
             self._step_times.append(seconds)
 
     @contextmanager
-    def heartbeat(self, stage: str, candidate: str, what: str, every_s: float = 10.0,
+    def heartbeat(self, stage: str, candidate: str, what: str, every_s: float = 8.0,
                   detail: Callable[[], str] | None = None) -> Iterator[None]:
         """While the body runs, a line every `every_s` seconds saying it still runs (and `detail()`, e.g.
         objects compiled out of the expected total): never silent while a long step works."""
