@@ -155,8 +155,8 @@ def render_text(results: dict[str, Any], metadata: dict[str, Any], analysis: dic
                             f"{_pct(agr['change_pct'])} (p {fmt_p(agr['p_value'])}, {agr['verdict']}); {agr['text']}")
                     if w["kind"] == "firmware-replay":
                         base = next(b for b in a["rows"] if b["is_baseline"])["summaries"].get(w["headline"], {})
-                        line += (f"; a real firmware boot loses "
-                                 f"{s.get('median', math.nan) - base.get('median', math.nan):+.2f} s here")
+                        lost = s.get("median", math.nan) - base.get("median", math.nan)
+                        line += f"; a real firmware boot {'gains' if lost < 0 else 'loses'} {abs(lost):.2f} s here"
                 out.extend(textwrap.wrap(line, WIDTH, subsequent_indent="    "))
     for r in a["rows"]:
         for c in r.get("on_top_of", []):
