@@ -175,6 +175,9 @@ def load_config(path: str | Path, hosts_file: str | Path | None = None) -> Confi
                                         "kernel parameters (name or name=value) on one line"),
         "boot_timeout_s": lambda v, p: r.typed(v, p, int, lambda x: 10 <= x <= 3600, "10 to 3600"),
     })
+    def cpus_limit(v: Any, p: str) -> float:
+        return r.typed(v, p, float, lambda x: 0 <= x <= 1024, "0 (never) to 1024 CPUs")
+
     reps = r.settings(data.get("repetitions"), "repetitions", Repetitions, {
         "warmup": lambda v, p: r.typed(v, p, int, lambda x: 0 <= x <= 100, "0 to 100"),
         "counted": lambda v, p: r.typed(v, p, int, lambda x: 2 <= x <= 1000, "2 (for statistics) to 1000"),
@@ -185,9 +188,8 @@ def load_config(path: str | Path, hosts_file: str | Path | None = None) -> Confi
         "censor_factor": lambda v, p: r.typed(v, p, float, lambda x: x == 0 or 1.5 <= x <= 1000,
                                               "0 (never) or 1.5 to 1000"),
         "retries": lambda v, p: r.typed(v, p, int, lambda x: 0 <= x <= 10, "0 to 10"),
-        "max_foreign_cpus": lambda v, p: r.typed(v, p, float, lambda x: 0 <= x <= 1024,
-                                                 "0 (never) to 1024 CPUs"),
-        "max_steal_cpus": lambda v, p: r.typed(v, p, float, lambda x: 0 <= x <= 1024, "0 (never) to 1024 CPUs"),
+        "max_foreign_cpus": cpus_limit,
+        "max_steal_cpus": cpus_limit,
     })
     if reps.max_counted < reps.counted:
         reps = dataclasses.replace(reps, max_counted=reps.counted)

@@ -22,6 +22,7 @@ from pipeline.report.publish import labels as publish_labels
 from pipeline.report.publish import local_path
 from pipeline.util.gitutil import git
 from pipeline.workloads.extra import ExtraWorkload
+from pipeline.workloads.firmware import FirmwareReplayKind
 
 WIDTH = 72
 # The headline and the secondary metrics, as the table names them (unit in the label).
@@ -136,8 +137,9 @@ def _workload_doc(w: ExtraWorkload, files: dict[str, bytes]) -> dict[str, Any]:
         return item | {"test": w.test, "args": list(w.args)}
     assert w.path
     files[f"workloads/{w.path.name}"] = w.path.read_bytes()
-    if w.kind == "firmware-replay":  # its args are ("--pattern", P, "--spinners", N, "--spin-mode", M)
-        return item | {"recording": f"workloads/{w.path.name}", "spinners": int(w.args[3]), "spin_mode": w.args[5]}
+    if w.kind == "firmware-replay":
+        spinners, spin_mode = FirmwareReplayKind.readers(w)
+        return item | {"recording": f"workloads/{w.path.name}", "spinners": spinners, "spin_mode": spin_mode}
     return item | {"path": f"workloads/{w.path.name}", "args": list(w.args), "headline": w.headline,
                    "higher_is_better": not w.lower_is_better}
 

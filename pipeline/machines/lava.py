@@ -218,9 +218,6 @@ def _b64(lines: list[str]) -> str:
         return ""
 
 
-OUTCOMES = ("ran", "kernel", "job", "lab")
-
-
 def outcome(report: JobReport, expected: int) -> tuple[str, str]:
     """What the job's end means: ("ran", "") when all `expected` commands reported; ("kernel", why) when
     the candidate's kernel panicked or never gave the shell; ("job", why) when LAVA says the definition or
@@ -237,7 +234,7 @@ def outcome(report: JobReport, expected: int) -> tuple[str, str]:
         return "job", f"{report.error_type} error: {report.error_msg}"
     why = report.error_msg or f"job ended {report.health or report.state} with {len(report.commands)} of " \
                               f"{expected} commands reported"
-    if "login" in why.lower() or "auto-login" in why.lower():
+    if "login" in why.lower():
         # The boot reached no shell prompt: on a healthy device, the kernel's (as a local boot timeout is).
         return "kernel", f"LAVA job {report.job_id}: no shell prompt after the boot ({why})"
     return "lab", f"LAVA job {report.job_id} on {report.device or '?'}: {why}"

@@ -70,11 +70,7 @@ class LavaExecutor:
 def lava_pool(cfg: Config) -> list[PoolHost]:
     """The lab as the pool: one host whose jobs LAVA schedules on the device type's devices."""
     s: LavaSettings = cfg.lava
-    try:
-        token = Path(s.token_file).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise InfraError(f"lava.token_file {s.token_file}: {exc}") from None
-    client = LavaClient(s, token)
+    client = lava_pool_client(cfg)
     ex = LavaExecutor(client)
     ok, why = client.healthy()
     kind = f"lava:{s.device_type}" + (f"[{','.join(s.tags)}]" if s.tags else "")
@@ -169,5 +165,8 @@ class LavaRuntime:
 
 def lava_pool_client(cfg: Config) -> LavaClient:
     """The REST client of the configured lab, with the token read from lava.token_file."""
-    token = Path(cfg.lava.token_file).read_text(encoding="utf-8").strip()
+    try:
+        token = Path(cfg.lava.token_file).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise InfraError(f"lava.token_file {cfg.lava.token_file}: {exc}") from None
     return LavaClient(cfg.lava, token)

@@ -148,6 +148,12 @@ class FirmwareReplayKind:
         return ExtraWorkload(name, "firmware-replay", "boot_s", path=path, **{**kw, "args": args})
 
     @staticmethod
+    def readers(w: ExtraWorkload) -> tuple[int, str]:
+        """The reader vCPUs its settings asked for (spinners, spin_mode), read back from its own args."""
+        opts = dict(zip(w.args[::2], w.args[1::2], strict=True))
+        return int(opts["--spinners"]), opts["--spin-mode"]
+
+    @staticmethod
     def local_file(w: ExtraWorkload, cache_dir: Path) -> Path:
         """What is copied into the test host: the flash VMM (the pattern travels in its arguments)."""
         return build_vmm(cache_dir)
