@@ -41,17 +41,19 @@ def test_exact_host_cpu_sees_work_that_falls_between_ticks(test_host, e2e_cache:
     SRCU's one-jiffy timers make its kworkers). The busy time is a floor that non-idle time and the
     thread's runtime must reach; above it, each wake-up costs the test host CPU of its own (timer
     interrupt, leaving idle, the switch): 0.25-0.36 ms under TCG on this workplace's machine, varying
-    from run to run by more than 5% of the busy time, so it is bounded (0-1 ms per wake-up), not
-    subtracted. What the kernel's tick samples read depends on where the test host's ticks fall against
-    the control's timers (under 5% of the work on this workplace's machine, half of it on CI's): no
-    assertion on them."""
+    from run to run by more than 5% of the busy time, so it is bounded, not subtracted: 0-2 ms per
+    wake-up, as TCG emulates a wake-up slower when the machine's hypervisor steals its CPUs. What the
+    kernel's tick samples read depends on where the test host's ticks fall against the control's timers
+    (under 5% of the work on this workplace's machine, half of it on CI's): no assertion on them."""
     install_vmm(test_host, build_vmm(e2e_cache))
     for duty in (0.25, 0.5):
         raw = _control(test_host, duty)
         busy, wakes = raw["busy_ns"] / 1e9, raw["periods"]
-        assert wakes > 1000
+        # 1500 jiffies in the 6 s window at HZ=250: about 1500 wake-ups on a quiet machine, 892 on a CI
+        # machine whose hypervisor stole half its CPUs (late timers). Enough for a per-wake-up mean either way.
+        assert wakes > 300, raw
         per_wake_ms = (nonidle_s(raw, "cpu1") - busy) * 1e3 / wakes
-        assert 0 < per_wake_ms < 1.0, (per_wake_ms, raw)
+        assert 0 < per_wake_ms < 2.0, (per_wake_ms, raw)
         thread_ms = (raw["thread_cpu_ns"] / 1e9 - busy) * 1e3 / wakes
         assert 0 < thread_ms < per_wake_ms, (thread_ms, per_wake_ms, raw)
 

@@ -76,18 +76,34 @@ def test_inconclusive_to_the_end_is_placed_by_the_nearest_end_and_says_so() -> N
     assert decide("inconclusive", "slower", 7, 7, 8.0, 7.0, 150.0)[0] == GOOD
 
 
-def test_noisy_steps_measure_more_rounds_before_deciding(tmp_path: Path) -> None:
-    """A whole bisection with injected measurements: a step whose first rounds are inconclusive gets more."""
+def _bisector(tmp_path: Path, measure, repetitions=None):
+    """A Bisector over eight fake commits with `measure` injected and no git behind it."""
     from pipeline.candidates import Candidate, Tree
     from pipeline.config import Config, KernelConfig, Repetitions
     from pipeline.flows.bisect import Bisector
     from pipeline.workloads.flash import Workload
 
+    import dataclasses
+
     cfg = Config.__new__(Config)
+    for f in dataclasses.fields(Config):  # the fields a bisection never reads
+        object.__setattr__(cfg, f.name, None)
     for k, v in {"trees": {"t": Tree("t", git="x", ref="y")}, "runs_dir": tmp_path, "cache_dir": tmp_path,
-                 "repetitions": Repetitions(), "kernel": KernelConfig(), "workload": Workload(),
+                 "repetitions": repetitions or Repetitions(), "kernel": KernelConfig(), "workload": Workload(),
                  "baseline": "b", "candidates": (Candidate("b", "t"),)}.items():
         object.__setattr__(cfg, k, v)
+    commits = [f"{i:040x}" for i in range(1, 9)]
+    b = Bisector(cfg, "t", "good", "bad", folder=tmp_path / "bisect", measure=measure)
+    b.store = tmp_path
+    b.good, b.bad = "0" * 40, commits[-1]
+    b.commits = [{"sha": c, "subject": f"commit {i + 1}"} for i, c in enumerate(commits)]
+    b.resolve = lambda: None  # type: ignore[method-assign]
+    b._result = lambda status, first, suspects: (status, first)  # type: ignore[method-assign,assignment,return-value]
+    return b, commits
+
+
+def test_noisy_steps_measure_more_rounds_before_deciding(tmp_path: Path) -> None:
+    """A whole bisection with injected measurements: a step whose first rounds are inconclusive gets more."""
     commits = [f"{i:040x}" for i in range(1, 9)]
     first_bad = 5
     rounds_seen: dict[str, list[int]] = {}
@@ -105,15 +121,35 @@ def test_noisy_steps_measure_more_rounds_before_deciding(tmp_path: Path) -> None
         results = {"candidates": {"step": {"status": "ok", "stages": {}}, "good": {"status": "ok"}}}
         return tmp_path / sha[:8], results, {"rows": [good, row]}
 
-    b = Bisector(cfg, "t", "good", "bad", folder=tmp_path / "bisect", measure=measure)
-    b.store = tmp_path
-    b.good, b.bad = "0" * 40, commits[-1]
-    b.commits = [{"sha": c, "subject": f"commit {i + 1}"} for i, c in enumerate(commits)]
-    b.resolve = lambda: None  # type: ignore[method-assign]
-    b._result = lambda status, first, suspects: (status, first)  # type: ignore[method-assign,assignment,return-value]
+    b, _ = _bisector(tmp_path, measure)
     status, first = b.run()  # type: ignore[misc]
     assert status == "found" and first == commits[first_bad]
     assert rounds_seen[commits[3]] == [3, 5]
     assert all(r == [3] for sha, r in rounds_seen.items() if sha != commits[3])
     state = (tmp_path / "bisect" / "bisect.json").read_text()
     assert '"status": "found"' in state
+
+
+def test_ends_that_could_not_be_measured_are_not_called_alike(tmp_path: Path) -> None:
+    """The good end's runs all disturbed (an infrastructure error): the bisection stops as 'ends not
+    measured', with the reason, never as 'the ends do not differ' (which reads as an answer)."""
+    def measure(sha: str, rounds: int, resume: Path | None):
+        results = {"candidates": {"step": {"status": "ok", "stages": {}},
+                                  "good": {"status": "infra-error", "status_detail": "RunDisturbed: steal"}}}
+        rows = [{"name": "good", "comparisons": {}, "summaries": {}},
+                {"name": "step", "comparisons": {}, "summaries": {}}]
+        return tmp_path / sha[:8], results, {"rows": rows}
+
+    b, _ = _bisector(tmp_path, measure)
+    status, first = b.run()  # type: ignore[misc]
+    assert (status, first) == ("ends-not-measured", None)
+    assert "the good end: infra-error: RunDisturbed: steal" in b.steps[0].note
+
+
+def test_steps_keep_the_users_retry_count_and_disturbed_run_limits(tmp_path: Path) -> None:
+    from pipeline.config import Repetitions
+
+    b, commits = _bisector(tmp_path, None, Repetitions(retries=4, max_foreign_cpus=0.3, max_steal_cpus=0))
+    reps = b._step_config(commits[2], rounds=5).repetitions
+    assert (reps.retries, reps.max_foreign_cpus, reps.max_steal_cpus) == (4, 0.3, 0)
+    assert (reps.counted, reps.max_counted, reps.warmup) == (5, 5, 0)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.candidates import Candidate
-from pipeline.config import Config, Repetitions
+from pipeline.config import Config
 from pipeline.errors import UserError
 from pipeline.flows.bisect_search import BAD, GOOD, SKIP, decide, search
 from pipeline.records.read import CandidateStatus, Results
@@ -124,8 +124,9 @@ class Bisector:
         # Every step may be looked at after start_rounds, +2, ... up to max_rounds: the verdicts are tested
         # at the level that keeps the chance of a false one over all those looks at most alpha.
         looks = 1 + math.ceil((self.max_rounds - self.start_rounds) / 2)
-        reps = Repetitions(warmup=0, counted=rounds, max_counted=rounds, target_ci_pct=0, looks=looks,
-                           retries=self.cfg.repetitions.retries)
+        # The user's retry count and disturbed-run limits carry over; the counts are the bisection's.
+        reps = dataclasses.replace(self.cfg.repetitions, warmup=0, counted=rounds, max_counted=rounds,
+                                   target_ci_pct=0, looks=looks, budget_s=0.0, censor_factor=0.0)
         return dataclasses.replace(self.cfg, trees=trees, baseline="good",
                                    candidates=(Candidate("good", "good"), Candidate("step", "step")),
                                    repetitions=reps, runs_dir=self.folder / "steps")
@@ -228,8 +229,11 @@ class Bisector:
             self.bad_median, self.good_median = ends.median, ends.good_median
             self._save("running")
         if ends.outcome != BAD:
-            self._save("ends-do-not-differ")
-            return self._result("ends-do-not-differ", None, [])
+            # Not measured at all (a build, boot or infrastructure failure at either end) is not the same
+            # answer as measured and found alike.
+            status = "ends-do-not-differ" if ends.verdict else "ends-not-measured"
+            self._save(status)
+            return self._result(status, None, [])
         known = {s.index: s.outcome for s in self.steps if s.index >= 0}
 
         def classify(i: int) -> str:

@@ -30,6 +30,9 @@ def render_text(r: BisectResult, width: int = 72) -> str:
         head.append(f"first bad commit: {r.first_bad[:12]} (\"{subject}\")")
     elif r.status == "ends-do-not-differ":
         head.append("the bad end is not measurably different from the good end: nothing to bisect")
+    elif r.status == "ends-not-measured":
+        ends = next((s for s in r.steps if s.index == -2), None)
+        head.append("the ends could not be measured, so nothing was bisected: " + (ends.note if ends else "?"))
     else:
         head.append("skipped commits hide the first bad commit; it is one of: "
                     + ", ".join(x[:12] for x in r.suspects))
