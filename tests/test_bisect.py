@@ -2,6 +2,7 @@
 injected measurements (the real one, building and booting a history, is in test_bisect_e2e)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -82,8 +83,6 @@ def _bisector(tmp_path: Path, measure, repetitions=None):
     from pipeline.config import Config, KernelConfig, Repetitions
     from pipeline.flows.bisect import Bisector
     from pipeline.workloads.flash import Workload
-
-    import dataclasses
 
     cfg = Config.__new__(Config)
     for f in dataclasses.fields(Config):  # the fields a bisection never reads

@@ -63,6 +63,30 @@ def test_a_wrong_artefact_is_a_job_error_not_retried() -> None:
     assert what == "job" and "sha256" in why and "does not match" in why
 
 
+def test_a_flooded_job_log_is_read_only_to_its_limit_and_is_the_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel that floods its console (a warning in a loop) makes a job log of any size: only LOG_LIMIT
+    of it is read, cut at a whole entry, and a job that reported fewer commands than it ran is the
+    candidate's ('kernel'), never the lab's (which would be retried)."""
+    import pipeline.machines.lava as lava
+
+    info, log, tests = recorded("complete")
+    flood = "".join(f"- {{dt: '2026-12-03T06:00:00', lvl: target, msg: 'WARNING: flood {i}'}}\n" for i in range(2000))
+    monkeypatch.setattr(lava, "LOG_LIMIT", len(log) + len(flood) // 2)
+    rep = parse_job(4, {**info, "health": "Incomplete"}, log + flood + "- {dt: x, lvl: target, msg: 'cut", tests)
+    assert rep.log_cut_at == lava.LOG_LIMIT and "WARNING: flood 999" in rep.console
+    assert "flood 1999" not in rep.console
+    what, why = outcome(rep, 3)
+    assert what == "kernel" and "console flood" in why
+    assert parse_job(1, info, log, tests).log_cut_at == 0
+
+
+def test_the_client_reads_no_more_than_its_limit() -> None:
+    c = LavaClient(LavaSettings(), "t", opener=lambda req, timeout: _Answer(["x" * 100]))
+    with pytest.raises(LavaRefused, match="passed"):
+        c.call("jobs/1/", limit=50)
+    assert c.call("jobs/1/", limit=500) == ["x" * 100]
+
+
 class _Answer(io.BytesIO):
     def __init__(self, body: Any):
         super().__init__(json.dumps(body).encode())

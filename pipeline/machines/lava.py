@@ -76,6 +76,13 @@ class JobReport:
     kernel_problem: str = ""  # a panic/oops line LAVA or the console showed
     boot_s: float = 0.0  # LAVA's boot action, from power-on to the shell prompt
     console: str = ""  # the device's console, as the job log recorded it
+    log_cut_at: int = 0  # > 0: the job log was longer than this many bytes and was read only so far
+
+
+# A job log is the device's whole console: a kernel that floods it (a warning in a loop) must not take
+# this machine's memory with it. What is over the limit is not read, and the job says so.
+LOG_LIMIT = 64 << 20
+ANSWER_LIMIT = 16 << 20
 
 
 class LavaClient:
@@ -87,11 +94,12 @@ class LavaClient:
         self._open = opener or urllib.request.urlopen
         self._sleep = sleep
 
-    def call(self, path: str, data: dict[str, Any] | None = None) -> Any:
-        """GET (or POST `data` as JSON) api/v0.2/<path>; the answer as JSON, or as text."""
+    def call(self, path: str, data: dict[str, Any] | None = None, limit: int = ANSWER_LIMIT) -> Any:
+        """GET (or POST `data` as JSON) api/v0.2/<path>; the answer as JSON, or as text (of which at most
+        `limit` + 1 bytes are read: a longer text is cut, a longer JSON answer refused)."""
         for attempt in range(self.tries):
             try:
-                return self._call(path, data)
+                return self._call(path, data, limit)
             except urllib.error.HTTPError as exc:
                 if exc.code < 500:
                     body = exc.read().decode("utf-8", "replace")[:2000]
@@ -104,16 +112,20 @@ class LavaClient:
             self._sleep(2.0 * (attempt + 1))
         raise AssertionError("unreachable")
 
-    def _call(self, path: str, data: dict[str, Any] | None) -> Any:
+    def _call(self, path: str, data: dict[str, Any] | None, limit: int) -> Any:
         req = urllib.request.Request(f"{self.settings.url.rstrip('/')}/api/v0.2/{path}",
                                      method="POST" if data is not None else "GET",
                                      data=json.dumps(data).encode() if data is not None else None,
                                      headers={"Authorization": f"Token {self.token}",
                                               "Content-Type": "application/json"})
         with self._open(req, timeout=60) as r:
-            body = r.read()
+            body = r.read(limit + 1)
             ctype = r.headers.get("Content-Type", "")
-        return json.loads(body) if "json" in ctype else body.decode("utf-8", "replace")
+        if "json" in ctype:
+            if len(body) > limit:
+                raise LavaRefused(f"LAVA's answer to {path} passed {limit >> 20} MiB: not read")
+            return json.loads(body)
+        return body.decode("utf-8", "replace")
 
     def submit(self, definition: str) -> int:
         """Submit one job; its id."""
@@ -153,9 +165,10 @@ class LavaClient:
     def report(self, job_id: int, info: dict[str, Any] | None = None) -> JobReport:
         """A finished job read back: state, health, error, every command's output, the boot time."""
         info = info or self.job(job_id)
-        log = self.call(f"jobs/{job_id}/logs/")
+        log = self.call(f"jobs/{job_id}/logs/", limit=LOG_LIMIT)
         tests = self.call(f"jobs/{job_id}/tests/?limit=500")
         return parse_job(job_id, info, log if isinstance(log, str) else "", tests.get("results", []))
+
 
 
 _PANIC = re.compile(r"(Kernel panic - not syncing.*|BUG: .*|Oops: .*|general protection fault.*)")
@@ -163,6 +176,9 @@ _PANIC = re.compile(r"(Kernel panic - not syncing.*|BUG: .*|Oops: .*|general pro
 
 def parse_job(job_id: int, info: dict[str, Any], log: str, tests: list[dict[str, Any]]) -> JobReport:
     """JobReport from the job's REST record, its log (LAVA's YAML list of {dt, lvl, msg}) and test cases."""
+    cut_at = 0
+    if len(log) > LOG_LIMIT:  # keep the whole entries before the limit ("- {dt: ..., lvl: ..., msg: ...}")
+        cut_at, log = LOG_LIMIT, log[:max(0, log.rfind("\n- ", 0, LOG_LIMIT)) + 1]
     entries = yaml.load(log, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) if log.strip() else []
     blocks: dict[tuple[str, int], list[str]] = {}
     rcs: dict[int, int] = {}
@@ -208,7 +224,7 @@ def parse_job(job_id: int, info: dict[str, Any], log: str, tests: list[dict[str,
             problem = "LAVA's kernel-messages check failed (a panic or oops on the console)"
     return JobReport(job_id, str(info.get("state", "")), str(info.get("health", "")),
                      str(info.get("actual_device") or ""), error_type, error_msg, commands, problem, boot_s,
-                     "\n".join(console)[-200000:])
+                     "\n".join(console)[-200000:], cut_at)
 
 
 def _b64(lines: list[str]) -> str:
@@ -228,6 +244,9 @@ def outcome(report: JobReport, expected: int) -> tuple[str, str]:
         return "kernel", report.kernel_problem
     if report.health == "Complete" and len(report.commands) >= expected:
         return "ran", ""
+    if report.log_cut_at:
+        return "kernel", (f"LAVA job {report.job_id}: its log passed {report.log_cut_at >> 20} MiB (a console "
+                          f"flood) with {len(report.commands)} of {expected} commands reported")
     if report.health == "Canceled":
         return "lab", f"LAVA job {report.job_id} was canceled"
     if report.error_type in ("Job", "Configuration"):

@@ -170,12 +170,12 @@ class Preparer:
 
 
     def _build_extras(self, prep: Prepared, log_file: Path) -> dict[str, Path]:
-        """The other workloads' files for this candidate: KVM selftests built from its own tree, the others'
-        from their kind."""
+        """The other workloads' files for this candidate: those of kinds built from the candidate's tree (KVM
+        selftests) built from its own, the others' from their kind."""
         assert prep.patched
         files: dict[str, Path] = {}
         for w in self.cfg.workloads:
-            if w.kind == "kvm-selftest":
+            if KINDS[w.kind].from_candidate_tree:
                 self.progress.say("build", prep.candidate.name, f"workload {w.name}: {w.test} from this tree")
                 with self.progress.heartbeat("build", prep.candidate.name, f"building {w.test}"):
                     files[w.name], cached = build_selftest(w, prep.patched, self.cfg.kernel,

@@ -128,6 +128,7 @@ class FirmwareReplayKind:
     """The firmware-replay kind: the flash VMM replaying a recorded firmware's flash phases."""
 
     name = "firmware-replay"
+    from_candidate_tree = False  # one file for every candidate: local_file()
 
     @staticmethod
     def settings(r: Any, item: dict, p: str, name: str) -> ExtraWorkload:

@@ -69,6 +69,7 @@ class CommandKind:
     """The command kind: a script or static binary of yours; stdout is JSON or key=value lines."""
 
     name = "command"
+    from_candidate_tree = False  # one file for every candidate: local_file()
 
     @staticmethod
     def settings(r: Any, item: dict, p: str, name: str) -> ExtraWorkload:

@@ -31,6 +31,7 @@ class SelftestKind:
     """The kvm-selftest kind: one of the candidate tree's KVM selftests, built from that tree."""
 
     name = "kvm-selftest"
+    from_candidate_tree = True  # built from each candidate's patched tree (run/prepare.py), not a file of the config's
 
     @staticmethod
     def settings(r: Any, item: dict, p: str, name: str) -> ExtraWorkload:
