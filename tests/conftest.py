@@ -37,11 +37,12 @@ def qemu_pids() -> set[int]:
     return pids
 
 
-def small_config(tmp_path: Path, candidates: str = "", cycles: int = 300, counted: int = 2) -> Path:
+def small_config(tmp_path: Path, candidates: str = "", cycles: int = 300, counted: int = 2,
+                 repetitions: str = "") -> Path:
     """A pipeline.yaml for end-to-end tests: candidate 'base' on the imported 6.1 tree, plus `candidates`
     (YAML list items, indented two spaces), no warm-up. The disturbed-run limits are off: these tests
     check other behaviours and must not fail on a CI machine whose hypervisor steals half its CPUs (the
-    rule has its own tests in test_measure.py)."""
+    rule has its own tests in test_measure.py).  `repetitions`: more keys of that mapping ("looks: 3, ...")."""
     path = tmp_path / "pipeline.yaml"
     path.write_text(f"""
 trees:
@@ -55,7 +56,7 @@ test_host:
   qemu_template: {REPO}/vm-templates/qemu/x86_64.cmd.j2
   initramfs_recipe: {REPO}/vm-templates/initramfs/recipe.yaml
 workload: {{cycles: {cycles}, spin_mode: loop, timeout_s: 240}}
-repetitions: {{warmup: 0, counted: {counted}, retries: 2, max_foreign_cpus: 0, max_steal_cpus: 0}}
+repetitions: {{warmup: 0, counted: {counted}, retries: 2, max_foreign_cpus: 0, max_steal_cpus: 0{", " + repetitions if repetitions else ""}}}
 """)
     return path
 

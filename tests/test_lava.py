@@ -46,6 +46,27 @@ def test_a_complete_job_gives_every_command_back() -> None:
     assert rep.boot_s == pytest.approx(3.76) and rep.device == "kpipe-qemu01"
     assert "kpipe-lava:" in rep.console and not rep.kernel_problem
     assert outcome(rep, 3)[0] == "lab"  # a command that did not report is a lost repetition, never a pass
+    # The record's times (submit 06:11:40.960, start 41.390, end 06:12:01.154): queue and device time.
+    assert rep.queued_s == pytest.approx(0.430, abs=1e-3) and rep.job_s == pytest.approx(19.764, abs=1e-3)
+    assert rep.timing() == {"runtime": "lava", "id": 1, "device": "kpipe-qemu01", "queued_s": 0.43,
+                            "job_s": 19.76, "boot_to_shell_s": 3.76}
+    assert parse_job(1, {"state": "Finished", "start_time": None}, log, tests).job_s == 0.0  # never started
+
+
+def test_the_report_states_each_jobs_cost_beyond_the_guest_boot_it_measured() -> None:
+    from pipeline.records.results import RunRecord
+    from pipeline.report.jobs import job_lines, job_overheads
+
+    def run(job_s: float, boot_s: float, job: bool = True) -> RunRecord:
+        raw = {"job": {"runtime": "lava", "id": 7, "device": "d", "queued_s": 1.0, "job_s": job_s,
+                       "boot_to_shell_s": 3.0}} if job else {}
+        return RunRecord(0, "counted", 0, "", "lava", "lava:qemu", 3.0, "", raw, {"boot_s": boot_s})
+
+    assert job_overheads([run(20.0, 2.0, job=False)]) == {}  # a local run: no jobs, no line
+    j = job_overheads([run(20.0, 2.0), run(30.0, 4.0), run(22.0, 2.5)])
+    assert j["n"] == 3 and j["job_s"] == 22.0 and j["overhead_s"] == pytest.approx(19.5) and j["queued_s"] == 1.0
+    assert job_lines([{"name": "base", "jobs": j}, {"name": "x"}]) == [
+        "base: 3 LAVA jobs, medians queued 1.0 s, 22.0 s on the device, 19.5 s of it beyond the guest boot measured."]
 
 
 def test_a_panic_is_the_kernels_though_lava_says_infrastructure() -> None:
@@ -220,6 +241,7 @@ def test_sessions_map_outcomes_and_a_resume_polls_the_job_it_left(tmp_path: Path
     argv = [REMOTE_VMM, "--cycles", "300"]
     with rt.session(_prep(tmp_path), vmm, "r00-a0", tmp_path / "logs", [argv]) as host:
         assert host.info["uname_r"] == "6.1.192" and host.boot_seconds == pytest.approx(3.76)
+        assert host.info["job"]["job_s"] == 19.76  # the repetition's record keeps it (raw["job"])
         assert "kpipe-lava:" in host.console_log.read_text()
     with pytest.raises(BootFailed, match="Kernel panic"):
         with rt.session(_prep(tmp_path), vmm, "r01-a0", tmp_path / "logs", [argv]):

@@ -51,6 +51,8 @@ def test_repetitions_run_as_lava_jobs_and_a_panic_is_the_candidates(built_kernel
         assert run["host"] == "lava" and run["metrics"]["updates"] == 600 and run["metrics"]["boot_s"] > 0
         assert run["metrics"]["host_cpu_s"] > 0  # the same exact accounting, read from the job's log
         assert "kpipe-lava:" in (run_dir / run["console_log"]).read_text()
+        job = run["raw"]["job"]  # what the job cost beyond the measurement: on the device longer than the boot
+        assert job["runtime"] == "lava" and job["job_s"] > run["metrics"]["boot_s"] + job["boot_to_shell_s"] > 0
     # Every job finished and none is left pending for a resume; LAVA says Complete for each base job.
     jobs = base["stages"]["lava_jobs"]
     assert jobs and all(v is None for v in jobs.values())

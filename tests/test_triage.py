@@ -171,7 +171,10 @@ def test_triage_of_the_regression_patch_and_of_a_patch_that_does_not_apply(built
     from pipeline.cli import main
 
     monkeypatch.setenv("KPIPE_CACHE_DIR", str(e2e_cache))
-    cfg = small_config(tmp_path, cycles=300, counted=3)  # the faithful regression: ~15 ms per grace period
+    # The faithful regression (~15 ms per grace period), with the default's sequential rule: a disturbed
+    # baseline run (CI saw one take 4.79 s beside 2.37 and 2.54) leaves 3 against 3 undecided, and the rule
+    # then adds the cheap baseline runs that decide it, as the default evaluation would.
+    cfg = small_config(tmp_path, cycles=300, counted=3, repetitions="looks: 3, max_counted: 8, budget_s: 60")
     posted = (REPO / "patches/0001-srcu-v5.19-rc1-expedited-policy-regression.patch").read_text()
     posted = posted.replace("\nSubject: ", "\nMessage-ID: <regression-1@example.org>\nTo: rcu@example.org\n"
                             "Subject: ", 1)

@@ -25,6 +25,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import yaml
@@ -77,6 +78,13 @@ class JobReport:
     boot_s: float = 0.0  # LAVA's boot action, from power-on to the shell prompt
     console: str = ""  # the device's console, as the job log recorded it
     log_cut_at: int = 0  # > 0: the job log was longer than this many bytes and was read only so far
+    queued_s: float = 0.0  # submitted to started on a device (LAVA's submit_time, start_time)
+    job_s: float = 0.0  # started to ended: the device's whole time for the job (start_time, end_time)
+
+    def timing(self) -> dict[str, Any]:
+        """The job's record for the repetition it ran: id, device, queue and device times, LAVA's boot."""
+        return {"runtime": "lava", "id": self.job_id, "device": self.device, "queued_s": round(self.queued_s, 2),
+                "job_s": round(self.job_s, 2), "boot_to_shell_s": round(self.boot_s, 2)}
 
 
 # A job log is the device's whole console: a kernel that floods it (a warning in a loop) must not take
@@ -224,7 +232,17 @@ def parse_job(job_id: int, info: dict[str, Any], log: str, tests: list[dict[str,
             problem = "LAVA's kernel-messages check failed (a panic or oops on the console)"
     return JobReport(job_id, str(info.get("state", "")), str(info.get("health", "")),
                      str(info.get("actual_device") or ""), error_type, error_msg, commands, problem, boot_s,
-                     "\n".join(console)[-200000:], cut_at)
+                     "\n".join(console)[-200000:], cut_at, _between(info, "submit_time", "start_time"),
+                     _between(info, "start_time", "end_time"))
+
+
+def _between(info: dict[str, Any], start: str, end: str) -> float:
+    """Seconds between two of the job record's ISO times ("2026-12-03T06:12:39.229910Z"); 0 when unknown."""
+    try:
+        a, b = (datetime.fromisoformat(str(info[k]).replace("Z", "+00:00")) for k in (start, end))
+    except (KeyError, ValueError):
+        return 0.0
+    return max(0.0, (b - a).total_seconds())
 
 
 def _b64(lines: list[str]) -> str:

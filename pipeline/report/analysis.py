@@ -8,6 +8,7 @@ from typing import Any
 
 from pipeline.records.read import CandidateStatus, Results
 from pipeline.records.results import IDENTICAL, RunRecord
+from pipeline.report.jobs import job_overheads
 from pipeline.report.stats import (
     FAILED,
     INCONCLUSIVE,
@@ -131,6 +132,8 @@ def analyze(results: Mapping[str, Any]) -> dict[str, Any]:
         })
     for r in rows:
         r["agreement"] = [_agreement(r, w) for w in extras] if not r["is_baseline"] else []
+        if jobs := job_overheads(res.candidate(r["name"]).runs):
+            r["jobs"] = jobs
     for r in rows:
         r["on_top_of"] = _on_top_comparisons(r, res, usable, level, min_effect)
     regressions = [r["name"] for r in rows if r["comparisons"].get("boot_s", {}).get("verdict") == SLOWER

@@ -15,6 +15,7 @@ from pipeline.errors import UserError
 from pipeline.records.read import Results
 from pipeline.records.results import read_results, write_json_atomic, write_text_atomic
 from pipeline.report.analysis import METRICS, analyze, fmt_num, fmt_p, is_number
+from pipeline.report.jobs import job_lines
 from pipeline.report.publish import copy_logs, publishable
 from pipeline.report.stats import SMALL
 
@@ -173,9 +174,9 @@ def render_text(results: dict[str, Any], metadata: dict[str, Any], analysis: dic
     th = metadata.get("test_host", {})
     para(f"Test host: {th.get('cpus', '?')} CPUs, {th.get('memory_mb', '?')} MiB, QEMU accelerator {accel}; "
          f"{metadata.get('compiler', '')}.")
-    machines = _machines_line(a)
-    if machines:
-        para(machines)
+    for line in [_machines_line(a), *job_lines(a["rows"])]:
+        if line:
+            para(line)
     para("host CPU = test-host non-idle time over the guest boot (all CPUs: the window minus the kernel's "
          "exact idle time, not its tick samples) minus the reader vCPUs' own guest spinning. ms/GP = time "
          "in KVM_SET_USER_MEMORY_REGION per expedited SRCU grace period (two per memslot delete, one per "

@@ -160,7 +160,8 @@ class LavaRuntime:
             raise LavaLabFault(why)
         uname = report.commands[0].stdout.strip()
         yield LavaHost(report, commands, console, sha256_of(vmm), report.boot_s, f"lava:{report.device}",
-                       {"uname_r": uname, "executor": "lava", "lava_job": str(job_id), "device": report.device})
+                       {"uname_r": uname, "executor": "lava", "lava_job": str(job_id), "device": report.device,
+                        "job": report.timing()})
 
 
 def lava_pool_client(cfg: Config) -> LavaClient:

@@ -190,6 +190,8 @@ class RepetitionRunner:
             load = foreign_load(before, sample(own)) if before is not None else None
             self._check_disturbed(load)
             metrics, raw = dict(result.metrics), dict(result.raw)
+            if host.info.get("job"):  # the runtime's record of the job that ran it (LAVA: id, queue, device time)
+                raw["job"] = host.info["job"]
             stopped, failures = [], []
             for w in self.cfg.workloads:  # the other workloads, in the same booted test host
                 censor_w = self._censor_s(prep.candidate, w.metric("wall_s"))
