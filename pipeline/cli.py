@@ -154,8 +154,8 @@ class _BoundedServer(http.server.ThreadingHTTPServer):
 def cmd_serve(args: argparse.Namespace) -> int:
     directory = Path(args.directory).resolve()
     handler = functools.partial(_ReportHandler, directory=str(directory))
-    with _BoundedServer(("127.0.0.1", args.port), handler) as httpd:
-        print(f"serving {directory} on http://127.0.0.1:{httpd.server_address[1]}/ (Ctrl-C stops)")
+    with _BoundedServer((args.bind, args.port), handler) as httpd:
+        print(f"serving {directory} on http://{args.bind}:{httpd.server_address[1]}/ (Ctrl-C stops)")
         try:
             httpd.serve_forever()
         except KeyboardInterrupt:
@@ -245,8 +245,9 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--output", default="reports", help="folder the HTML report goes under (default: reports)")
     rep.add_argument("--rederive", action="store_true", help="first compute the workload's figures again from "
                      "each run's raw output with this version's accounting (rewrites the folder's results.json)")
-    srv = add("serve", cmd_serve, "serve the reports folder on 127.0.0.1", [])
+    srv = add("serve", cmd_serve, "serve a folder (reports/; a LAVA artefact store) on 127.0.0.1 or --bind", [])
     srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--bind", default="127.0.0.1", help="address to listen on (a lab's workers: this machine's)")
     srv.add_argument("--directory", default="reports", help="folder to serve (default: reports)")
     add("doctor", cmd_doctor, "list missing tools and check the test machines", [config, hosts])
     tri = add("triage", cmd_triage, "evaluate a posted patch series (mbox, maildir message or Message-ID) "

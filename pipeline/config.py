@@ -221,6 +221,9 @@ def load_config(path: str | Path, hosts_file: str | Path | None = None) -> Confi
                                            "a device tag") for i, t in enumerate(r.typed(v, p, list))),
         "priority": lambda v, p: r.typed(v, p, str, lambda x: x in ("high", "medium", "low"), "high, medium or low"),
         "job_timeout_min": lambda v, p: r.typed(v, p, int, lambda x: 5 <= x <= 1440, "5 to 1440"),
+        "artifact_url": lambda v, p: r.typed(v, p, str, lambda x: x.startswith(("http://", "https://"))
+                                             and x.isprintable() and " " not in x, "http(s)://host:port of "
+                                             "`kpipe serve --directory <cache>/lava-artifacts`"),
     })
     if runtime == "lava" and "workloads" in data:
         raise r.error("workloads", "the lava runtime runs the flash workload only: drop workloads: or use "

@@ -44,6 +44,7 @@ def small_config(tmp_path: Path, candidates: str = "", cycles: int = 300, counte
     check other behaviours and must not fail on a CI machine whose hypervisor steals half its CPUs (the
     rule has its own tests in test_measure.py).  `repetitions`: more keys of that mapping ("looks: 3, ...")."""
     path = tmp_path / "pipeline.yaml"
+    more = f", {repetitions}" if repetitions else ""
     path.write_text(f"""
 trees:
   debian-6.1: {{tarball: {TARBALL}}}
@@ -56,7 +57,7 @@ test_host:
   qemu_template: {REPO}/vm-templates/qemu/x86_64.cmd.j2
   initramfs_recipe: {REPO}/vm-templates/initramfs/recipe.yaml
 workload: {{cycles: {cycles}, spin_mode: loop, timeout_s: 240}}
-repetitions: {{warmup: 0, counted: {counted}, retries: 2, max_foreign_cpus: 0, max_steal_cpus: 0{", " + repetitions if repetitions else ""}}}
+repetitions: {{warmup: 0, counted: {counted}, retries: 2, max_foreign_cpus: 0, max_steal_cpus: 0{more}}}
 """)
     return path
 

@@ -176,6 +176,24 @@ def test_config_reads_the_runtime_and_names_bad_keys(tmp_path: Path) -> None:
     path.write_text(text + "lava: {url: 'ftp://x'}\n")
     with pytest.raises(ConfigError, match="lava.url"):
         load_config(path)
+    path.write_text(text + "lava: {artifact_url: 'http://10.0.0.5:8002'}\n")
+    assert load_config(path).lava.artifact_url == "http://10.0.0.5:8002"
+    path.write_text(text + "lava: {artifact_url: '/srv/store'}\n")
+    with pytest.raises(ConfigError, match="lava.artifact_url"):
+        load_config(path)
+
+
+def test_artefacts_are_published_by_sha256_as_file_or_under_the_served_url(tmp_path: Path) -> None:
+    from pipeline.machines.lava_job import publish
+
+    art = tmp_path / "bz Image"
+    art.write_bytes(b"kernel")
+    digest = hashlib.sha256(b"kernel").hexdigest()
+    store = tmp_path / "store"
+    url, sha = publish(art, store)
+    assert sha == digest and url == (store / digest / "bz Image").as_uri()
+    assert (store / digest / "bz Image").read_bytes() == b"kernel"
+    assert publish(art, store, "http://10.0.0.5:8002/") == (f"http://10.0.0.5:8002/{digest}/bz%20Image", digest)
 
 
 def test_a_finished_job_answers_only_the_commands_it_ran(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import small_config
 
 from pipeline.machines.lava import LavaClient, LavaSettings
@@ -62,3 +63,43 @@ def test_repetitions_run_as_lava_jobs_and_a_panic_is_the_candidates(built_kernel
     mine = [j for j in lab.call("jobs/?limit=50&ordering=-id")["results"]
             if j["description"].startswith(f"kpipe {results['run_id']} ")]
     assert sorted(j["health"] for j in mine) == ["Complete", "Complete", "Incomplete"]
+
+
+def test_a_lab_whose_workers_are_elsewhere_fetches_the_artefacts_from_kpipe_serve(built_kernel, e2e_cache: Path,
+                                                                                   tmp_path: Path,
+                                                                                   monkeypatch: pytest.MonkeyPatch
+                                                                                   ) -> None:
+    import functools
+    import threading
+
+    from pipeline.cli import _BoundedServer, _ReportHandler, main
+
+    lab = _lab()
+    fetched: list[str] = []
+
+    class Handler(_ReportHandler):
+        def log_message(self, fmt: str, *args: object) -> None:
+            fetched.append(self.path)
+
+    store = e2e_cache / "lava-artifacts"
+    store.mkdir(parents=True, exist_ok=True)
+    server = _BoundedServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(store)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        cfg = small_config(tmp_path, counted=2)
+        cfg.write_text(cfg.read_text() + f"runtime: lava\nlava: {{url: 'http://127.0.0.1', token_file: "
+                                         f"/var/lib/kpipe-lava/token, artifact_url: '{url}'}}\n")
+        monkeypatch.setenv("KPIPE_CACHE_DIR", str(e2e_cache))
+        assert main(["run", "-c", str(cfg)]) == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    results = json.loads((next((tmp_path / "runs").iterdir()) / "results.json").read_text())
+    run, _ = results["candidates"]["base"]["runs"]
+    assert run["metrics"]["updates"] == 600
+    job = lab.job(run["raw"]["job"]["id"])
+    images = yaml.safe_load(job["definition"])["actions"][0]["deploy"]["images"]
+    assert job["health"] == "Complete" and all(i["url"].startswith(f"{url}/") for i in images.values())
+    # LAVA's worker fetched both, by their sha256 paths, from the server (not from the store's files).
+    assert {p.rsplit("/", 1)[-1] for p in fetched} >= {"bzImage"} and len({p.split("/")[1] for p in fetched}) == 2

@@ -52,6 +52,10 @@ class LavaSettings:
     priority: str = "medium"
     job_timeout_min: int = 30
     poll_s: float = 2.0
+    # Where the lab's workers fetch kernel and initramfs: "" is file:// (a worker on this machine); a lab
+    # elsewhere gets http(s)://<this machine>:<port>, the store served by `kpipe serve --directory
+    # <cache>/lava-artifacts --bind <address>` (paths <sha256>/<name>, checked by LAVA's sha256sum).
+    artifact_url: str = ""
 
 
 @dataclass(frozen=True)

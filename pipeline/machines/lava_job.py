@@ -11,6 +11,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,10 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def publish(path: Path, store: Path) -> tuple[str, str]:
+def publish(path: Path, store: Path, base_url: str = "") -> tuple[str, str]:
     """Copy an artefact into the store under its sha256 (world-readable: the LAVA worker reads it);
-    its file:// URL and sha256. A lab whose worker is elsewhere serves the store over HTTP instead."""
+    its URL and sha256: file:// without `base_url`, else <base_url>/<sha256>/<name> (a lab whose worker
+    is elsewhere fetches the store over HTTP, from `kpipe serve`)."""
     digest = sha256_of(path)
     dest = store / digest / path.name
     if not dest.exists():
@@ -46,6 +48,8 @@ def publish(path: Path, store: Path) -> tuple[str, str]:
         tmp.replace(dest)
     for d in (store, dest.parent):
         os.chmod(d, 0o755)
+    if base_url:
+        return f"{base_url.rstrip('/')}/{digest}/{urllib.parse.quote(path.name)}", digest
     return dest.as_uri(), digest
 
 

@@ -120,7 +120,7 @@ class LavaRuntime:
         with self._lock:
             if self._ramdisk is None:
                 store = self.cfg.cache_dir / "lava-artifacts"
-                self._ramdisk = publish(lava_initramfs(vmm, self.cfg.cache_dir), store)
+                self._ramdisk = publish(lava_initramfs(vmm, self.cfg.cache_dir), store, self.cfg.lava.artifact_url)
             return self._ramdisk
 
     @contextmanager
@@ -134,7 +134,7 @@ class LavaRuntime:
         job_id = pending.get(tag)
         if job_id is None:
             ramdisk = self._artefacts(vmm)
-            kernel = publish(prep.artifacts.bzimage, self.cfg.cache_dir / "lava-artifacts")
+            kernel = publish(prep.artifacts.bzimage, self.cfg.cache_dir / "lava-artifacts", self.cfg.lava.artifact_url)
             cmdline = " ".join(["console=ttyS0", "panic=-1", "oops=panic", "random.trust_cpu=on",
                                 self.cfg.test_host.cmdline, *prep.patched.cmdline]).strip()
             definition = job_definition(self.cfg.lava, run_id=self.folder.run_id, candidate=name, tag=tag,
