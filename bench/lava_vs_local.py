@@ -1,6 +1,6 @@
 """The same evaluation as LAVA jobs and through the local runtime, alternately: do they agree?
 
-    .venv/bin/python bench/lava_vs_local.py [--config examples/lava.yaml] [--passes 2]
+    .venv/bin/python bench/lava_vs_local.py [--config examples/lava.yaml] [--passes 2] [--also lava=RUN ...]
 
 Needs the local LAVA (vm-templates/lava/lava-local.sh start) and a quiet machine: every pass runs
 `kpipe run -q` once through the local runtime (the config without `runtime:` and `lava:`) and once as
@@ -59,6 +59,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, default=REPO / "examples/lava.yaml")
     ap.add_argument("--passes", type=int, default=2)
+    ap.add_argument("--also", action="append", default=[], metavar="RUNTIME=RUN",
+                    help="pool an earlier run of this bench (local=<run id> or lava=<run id>); repeatable")
     args = ap.parse_args()
     lava_cfg = args.config.resolve()
     doc = yaml.safe_load(lava_cfg.read_text())
@@ -69,6 +71,9 @@ def main() -> int:
         yaml.safe_dump(local, f, sort_keys=False)
         local_cfg = Path(f.name)
     dirs: dict[str, list[Path]] = {"local": [], "lava": []}
+    for also in args.also:
+        rt, _, run_id = also.partition("=")
+        dirs[rt].append(runs_dir / run_id)
     try:
         for i in range(args.passes):
             print(f"pass {i + 1} of {args.passes}", flush=True)
