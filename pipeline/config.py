@@ -211,9 +211,12 @@ def load_config(path: str | Path, hosts_file: str | Path | None = None) -> Confi
         report = dataclasses.replace(report, dir=(root / "reports").resolve())
     runtime = r.typed(data.get("runtime", "local"), "runtime", str, lambda x: x in ("local", "lava"),
                       "local (this machine and the hosts: pool) or lava")
+    def http_url(v: Any, p: str, what: str) -> str:
+        return r.typed(v, p, str, lambda x: x.startswith(("http://", "https://")) and x.isprintable()
+                       and " " not in x, what)
+
     lava = r.settings(data.get("lava"), "lava", LavaSettings, {
-        "url": lambda v, p: r.typed(v, p, str, lambda x: x.startswith(("http://", "https://")) and x.isprintable(),
-                                    "the lab's base URL, http(s)://..."),
+        "url": lambda v, p: http_url(v, p, "the lab's base URL, http(s)://..."),
         "token_file": lambda v, p: str((root / os.path.expanduser(r.typed(v, p, str))).resolve()),
         "device_type": lambda v, p: r.typed(v, p, str, lambda x: bool(re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", x)),
                                             "a LAVA device type name"),
@@ -221,9 +224,8 @@ def load_config(path: str | Path, hosts_file: str | Path | None = None) -> Confi
                                            "a device tag") for i, t in enumerate(r.typed(v, p, list))),
         "priority": lambda v, p: r.typed(v, p, str, lambda x: x in ("high", "medium", "low"), "high, medium or low"),
         "job_timeout_min": lambda v, p: r.typed(v, p, int, lambda x: 5 <= x <= 1440, "5 to 1440"),
-        "artifact_url": lambda v, p: r.typed(v, p, str, lambda x: x.startswith(("http://", "https://"))
-                                             and x.isprintable() and " " not in x, "http(s)://host:port of "
-                                             "`kpipe serve --directory <cache>/lava-artifacts`"),
+        "artifact_url": lambda v, p: http_url(v, p, "http(s)://host:port of `kpipe serve --directory "
+                                                    "<cache>/lava-artifacts`"),
     })
     if runtime == "lava" and "workloads" in data:
         raise r.error("workloads", "the lava runtime runs the flash workload only: drop workloads: or use "

@@ -19,7 +19,7 @@ def job_overheads(runs: Sequence[RunRecord]) -> dict[str, Any]:
         return {}
 
     def median(values: list[float]) -> float:
-        return float(statistics.median(values)) if values else math.nan
+        return float(statistics.median(values))
 
     return {"runtime": str(jobs[0][0].get("runtime", "")), "n": len(jobs),
             "queued_s": median([float(j.get("queued_s", math.nan)) for j, _ in jobs]),

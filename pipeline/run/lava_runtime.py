@@ -119,9 +119,12 @@ class LavaRuntime:
     def _artefacts(self, vmm: Path) -> tuple[str, str]:
         with self._lock:
             if self._ramdisk is None:
-                store = self.cfg.cache_dir / "lava-artifacts"
-                self._ramdisk = publish(lava_initramfs(vmm, self.cfg.cache_dir), store, self.cfg.lava.artifact_url)
+                self._ramdisk = self._publish(lava_initramfs(vmm, self.cfg.cache_dir))
             return self._ramdisk
+
+    def _publish(self, path: Path) -> tuple[str, str]:
+        """(URL, sha256) of an artefact in the cache's store, as the lab's workers fetch it."""
+        return publish(path, self.cfg.cache_dir / "lava-artifacts", self.cfg.lava.artifact_url)
 
     @contextmanager
     def session(self, prep: Any, vmm: Path, tag: str, logdir: Path, commands: list[list[str]],
@@ -134,7 +137,7 @@ class LavaRuntime:
         job_id = pending.get(tag)
         if job_id is None:
             ramdisk = self._artefacts(vmm)
-            kernel = publish(prep.artifacts.bzimage, self.cfg.cache_dir / "lava-artifacts", self.cfg.lava.artifact_url)
+            kernel = self._publish(prep.artifacts.bzimage)
             cmdline = " ".join(["console=ttyS0", "panic=-1", "oops=panic", "random.trust_cpu=on",
                                 self.cfg.test_host.cmdline, *prep.patched.cmdline]).strip()
             definition = job_definition(self.cfg.lava, run_id=self.folder.run_id, candidate=name, tag=tag,
