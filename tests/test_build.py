@@ -54,6 +54,12 @@ def test_in_place_build_is_byte_identical_to_a_clean_one_and_a_failed_build_pois
     regression = build(candidate(tmp_path, "regression", files=(REGRESSION,)))
     assert regression.in_place and regression.sandboxed
     assert regression.image_sha256 != base.image_sha256
+    # srcutree.c only: the .config made for the base is kept (the clean build below checks the image is
+    # the same); a change to a Kconfig file makes the config again.
+    assert ".config kept" in (tmp_path / "regression.log").read_text()
+    kconfig = build(candidate(tmp_path, "kconfig", _insert_after_first_line(fetched, "init/Kconfig",
+                                                                              ["# kpipe: a comment"])))
+    assert kconfig.in_place and ".config kept" not in (tmp_path / "kconfig.log").read_text()
     broken = candidate(tmp_path, "broken", _insert_after_first_line(fetched, "kernel/rcu/srcutree.c",
                                                                     ["#error kpipe-broken"]))
     with pytest.raises(BuildFailed) as info:
@@ -162,3 +168,14 @@ def test_a_later_fragment_overrides_an_earlier_one_and_only_its_value_is_checked
     with pytest.raises(ConfigOptionDropped) as info:
         check_config(tmp_path, final | {"CONFIG_HZ": "250"}, (base, hz))
     assert "CONFIG_HZ=1000 (got 250) from hz.config" in info.value.excerpt
+
+
+def test_which_changed_files_make_the_config_again() -> None:
+    from pipeline.stages.kconfig import shapes_config
+
+    assert not shapes_config("kernel/rcu/srcutree.c") and not shapes_config("include/linux/srcutree.h")
+    assert not shapes_config("arch/x86/kvm/Makefile")
+    for path in ("init/Kconfig", "arch/x86/Kconfig.debug", "kernel/configs/tiny.config",
+                 "arch/x86/configs/x86_64_defconfig", "scripts/kconfig/merge_config.sh", "Makefile",
+                 "scripts/Kconfig.include"):
+        assert shapes_config(path), path

@@ -81,3 +81,42 @@ def test_real_linux_source_import_and_srcutree_patch(tmp_path: Path) -> None:
     print(f"patch stage on the real tree: {patched.seconds:.2f} s")
     text = git(fetched.store, "show", f"{patched.commit}:kernel/rcu/srcutree.c")
     assert "#define SRCU_MAX_NODELAY_PHASE\t1" in text
+
+
+def test_the_first_build_slot_takes_over_the_imported_tree_and_later_slots_check_out(tmp_path: Path) -> None:
+    """The tree extracted for an import becomes the first slot's checkout (a rename, no second write of
+    the files); the slot is then exactly the commit, clean, with a working index; a second slot for the
+    same commit checks it out from the store as before."""
+    from pipeline.stages.fetch import seed_path
+    from pipeline.stages.slots import checkout_slot
+
+    tb = make_tarball(tmp_path)
+    fetched = fetch_tree(Tree("t", tarball=tb), tmp_path / "cache")
+    seed = seed_path(fetched.store, fetched.commit)
+    assert (seed / "kernel" / "a.c").is_file()
+    marker = (seed / "kernel" / "a.c").stat().st_ino
+    src, switched = checkout_slot(tmp_path / "slot1", fetched.store, fetched.commit)
+    assert not switched and not seed.exists()
+    assert (src / "kernel" / "a.c").stat().st_ino == marker  # the same file, moved, not written again
+    assert git(src, "status", "--porcelain", "--untracked-files=all", "--ignored=no") == ""
+    assert git(src, "rev-parse", "HEAD").strip() == fetched.commit
+    assert (src / "scripts" / "run.sh").stat().st_mode & 0o111
+    other, _ = checkout_slot(tmp_path / "slot2", fetched.store, fetched.commit)
+    assert (other / "kernel" / "a.c").read_text() == "int a;\n"
+    assert git(other, "status", "--porcelain") == ""
+
+
+def test_a_seed_no_slot_took_is_removed_an_hour_later(tmp_path: Path) -> None:
+    import os
+
+    from pipeline.stages.fetch import SEED_TTL_S, seed_path
+
+    tb = make_tarball(tmp_path)
+    fetched = fetch_tree(Tree("t", tarball=tb), tmp_path / "cache")
+    seed = seed_path(fetched.store, fetched.commit)
+    fetch_tree(Tree("t", tarball=tb), tmp_path / "cache")
+    assert seed.is_dir()  # young: kept for the slot that will come
+    old = time.time() - SEED_TTL_S - 60
+    os.utime(seed, (old, old))
+    fetch_tree(Tree("t", tarball=tb), tmp_path / "cache")
+    assert not seed.exists()

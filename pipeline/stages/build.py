@@ -51,7 +51,7 @@ from typing import IO
 from pipeline.config import KernelConfig
 from pipeline.errors import InfraError
 from pipeline.stages.fetch import sha256_file
-from pipeline.stages.kconfig import check_config, parse_config
+from pipeline.stages.kconfig import check_config, configured_commit, parse_config
 from pipeline.stages.patch import PatchedTree
 from pipeline.stages.sandbox import (
     BUILD_USER,
@@ -120,6 +120,11 @@ def compile_env(cache_dir: Path, src: Path, local_jobs: int,
         "CCACHE_CONFIGPATH": "/dev/null",  # never a ccache.conf from the (build-writable) cache directory
         "CCACHE_BASEDIR": str(src),
         "CCACHE_NOHASHDIR": "1",
+        # Depend mode: a miss runs the compiler once and takes the header list from its -MMD output, where
+        # the default mode runs the preprocessor first, twice on a miss (cold compiles of kernel/ and mm/
+        # on this machine: 58.6-61.7 s against 41.1-44.2 s plain make, 44.8-48.6 s in depend mode; warm:
+        # 99.6% hits either way).
+        "CCACHE_DEPEND": "1",
         "CCACHE_MAXSIZE": "5G",
         "KBUILD_BUILD_TIMESTAMP": "2000-01-01",
         "KBUILD_BUILD_USER": "kpipe",
@@ -214,14 +219,22 @@ def build_kernel(patched: PatchedTree, kernel: KernelConfig, base_fragments: tup
             logf.write(f"# confined: bubblewrap, no network, only the toolchain and this tree visible, as {who}; "
                        + ("trusted: its build directory and ccache are shared\n" if place.trusted else
                           "untrusted: a private copy of the build directory, the ccache read-only\n"))
-        steps = [make + [kernel.base]]
-        steps.append([str(place.inside / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(place.inside / "build"),
-                      str(place.inside / "build/.config"), *map(str, place.fragment_paths)])
-        steps.append(make + ["olddefconfig"])
-        for argv in steps:
-            res = step(argv, logf)
-            if res.returncode != 0:
-                raise BuildFailed("kernel config step failed", error_lines(res, 20))
+        configured = configured_commit(slot, store, patched.commit) if place.in_place else None
+        if configured:
+            logf.write(f"# .config kept: made for {configured[:12]}, and no Kconfig file, config fragment or "
+                       "script differs from it (make bzImage re-syncs it all the same)\n")
+        else:
+            steps = [make + [kernel.base]]
+            steps.append([str(place.inside / "scripts/kconfig/merge_config.sh"), "-m", "-O",
+                          str(place.inside / "build"), str(place.inside / "build/.config"),
+                          *map(str, place.fragment_paths)])
+            steps.append(make + ["olddefconfig"])
+            for argv in steps:
+                res = step(argv, logf)
+                if res.returncode != 0:
+                    raise BuildFailed("kernel config step failed", error_lines(res, 20))
+            if place.trusted:
+                (slot / "config.commit").write_text(patched.commit + "\n")
         final = parse_config(_artifact_text(bdir, ".config"))
         check_config(wt, final, fragments)
         res = step(make + ["bzImage"], logf)

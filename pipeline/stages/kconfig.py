@@ -1,5 +1,6 @@
 """kconfig: the kernel's final .config read back and checked against the fragments that asked for it
-(olddefconfig silently drops options whose dependencies are unmet)."""
+(olddefconfig silently drops options whose dependencies are unmet), and when an in-place build may keep
+the .config it has instead of making it again."""
 from __future__ import annotations
 
 import re
@@ -59,3 +60,29 @@ def check_config(worktree: Path, final: dict[str, str], fragments: tuple[Path, .
             dropped.append(f"{opt}={want} (got {have}) from {name}: {_unmet_dependency(worktree, opt)}")
     if dropped:
         raise ConfigOptionDropped("kernel config: options dropped by olddefconfig", "\n".join(dropped))
+
+
+def configured_commit(slot: Path, store: Path, commit: str) -> str | None:
+    """The commit the slot's trusted .config was made for, when making it again for `commit` would give
+    the same file: no Kconfig file, config fragment, kconfig script or top Makefile differs between the
+    two (the slot's key already fixes the base config and the fragments). None otherwise, or unknown.
+    An untrusted build's private copy starts from the trusted build directory, so the same holds there."""
+    try:
+        made_for = (slot / "config.commit").read_text().strip()
+    except OSError:
+        return None
+    if not re.fullmatch(r"[0-9a-f]{40}", made_for):
+        return None
+    res = git(["diff", "--name-only", "--no-renames", made_for, commit, "--"], store, check=False)
+    if res.returncode != 0:
+        return None
+    if any(shapes_config(path) for path in res.output.splitlines()):
+        return None
+    return made_for
+
+
+def shapes_config(path: str) -> bool:
+    """Whether a changed file can change what the config steps make of the same base and fragments."""
+    name = path.rsplit("/", 1)[-1]
+    return (name.startswith("Kconfig") or name.endswith(".config") or name.endswith("_defconfig")
+            or path.startswith("scripts/") or path == "Makefile")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import KernelConfig
+from pipeline.stages.fetch import seed_path
 from pipeline.stages.patch import PatchedTree
 from pipeline.stages.sandbox import INSIDE_FRAGMENTS, INSIDE_SRC, Sandbox, forget_owner, remove_planted_config
 from pipeline.stages.steps import BuildFailed, error_lines, run_step
@@ -53,7 +54,23 @@ def checkout_slot(slot: Path, store: Path, commit: str, log_file: Path | None = 
         shutil.rmtree(src)
     git(["worktree", "prune"], store, log_file)
     slot.mkdir(parents=True, exist_ok=True)
-    git(["worktree", "add", "--quiet", "--force", "--detach", str(src), commit], store, log_file)
+    seed = seed_path(store, commit)
+    if not seed.is_dir():
+        git(["worktree", "add", "--quiet", "--force", "--detach", str(src), commit], store, log_file)
+        return src, False
+    # The tree extracted when the tarball was imported is this commit's files already: moved in, and the
+    # index made from the commit and refreshed against them (hashing is quicker than writing 1.5 GB).
+    git(["worktree", "add", "--quiet", "--force", "--no-checkout", "--detach", str(src), commit], store, log_file)
+    for entry in seed.iterdir():
+        entry.rename(src / entry.name)
+    seed.rmdir()
+    git(["reset", "--quiet", "--mixed", commit], src, log_file)
+    dirty = git(["status", "--porcelain", "--untracked-files=no", "--ignored=no"], src, log_file).output.strip()
+    if dirty:  # never expected: the seed is the import's own tree; a checkout makes it exact all the same
+        log.warning("build slot %s: the imported tree differs from its commit (%s); checking it out", slot,
+                    dirty.splitlines()[0])
+        git(["checkout", "--quiet", "--force", "--detach", commit], src, log_file)
+        git(["clean", "-ffdqx", "-e", "/build/"], src, log_file)
     return src, False
 
 @dataclass(frozen=True)
