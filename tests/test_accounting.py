@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.flows.rederive import rederived_runs
 from pipeline.workloads.accounting import nonidle_s, thread_classes, tick_busy_s, window_s
-from pipeline.workloads.flash import derive_metrics
+from pipeline.workloads.flash_metrics import derive_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).parent / "data"

@@ -44,3 +44,28 @@ def test_what_another_version_wrote_reads_with_defaults() -> None:
     assert res.candidate("never-reached").status is CandidateStatus.PENDING
     assert res.reference("b") == "a"
     assert CandidateStatus.BUILD_FAILED.failed and not CandidateStatus.IDENTICAL.failed
+
+
+def test_a_stopped_runs_rates_are_measured_its_totals_are_lower_bounds() -> None:
+    from pipeline.records.results import RATE_METRICS, RunRecord, metric_censored
+
+    run = RunRecord(round=0, kind="counted", attempt=0, finished="", host="local", host_kind="", boot_to_ssh_s=1.0,
+                    console_log="", raw={}, metrics={"boot_s": 30.0, "gp_ms": 15.7}, argv=[], censored=True)
+    assert run.stopped("boot_s") and run.stopped("host_cpu_s") and run.stopped("grace_periods")
+    assert not any(run.stopped(m) for m in RATE_METRICS)
+    assert not metric_censored({"censored": True}, "gp_ms") and metric_censored({"censored": True}, "boot_s")
+    whole = RunRecord(round=0, kind="counted", attempt=0, finished="", host="local", host_kind="", boot_to_ssh_s=1.0,
+                      console_log="", raw={}, metrics={"boot_s": 5.0}, argv=[])
+    assert not whole.stopped("boot_s") and not whole.stopped("gp_ms")
+
+
+def test_censored_rates_read_only_what_the_vmm_said() -> None:
+    from pipeline.workloads.flash_metrics import censored_rates
+
+    raw = {"done_delete": {"n": 100, "sum": 3_000_000_000}, "done_create": {"n": 100, "sum": 1_500_000_000}}
+    rates = censored_rates(raw)
+    assert rates["grace_periods"] == 300 and abs(rates["gp_ms"] - 15.0) < 1e-9
+    assert abs(rates["delete_mean_ms"] - 30.0) < 1e-9 and abs(rates["create_mean_ms"] - 15.0) < 1e-9
+    assert censored_rates({}) == {}  # an older VMM's censored report
+    assert censored_rates({"done_delete": {"n": "x", "sum": 1}, "done_create": {"n": 1, "sum": 1}}) == {}
+    assert censored_rates({"done_delete": {"n": 0, "sum": 0}, "done_create": {"n": 0, "sum": 0}}) == {}

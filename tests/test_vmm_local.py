@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.workloads.flash import build_vmm, derive_metrics, parse_output
+from pipeline.workloads.flash import build_vmm, parse_output
+from pipeline.workloads.flash_metrics import derive_metrics
 
 
 def _local_kvm_reason() -> str | None:
@@ -88,6 +89,33 @@ def test_censor_stops_the_boot_and_says_when(vmm: Path) -> None:
     code, data = run_vmm(vmm, "--cycles", "100000000", "--spinners", "0", "--censor-ms", "700")
     assert code == 4 and data["status"] == "censored" and data["censored_ns"] >= 700_000_000
     assert data["updates_done"] > 0
+    # What it made before it stopped, per kind: deletes and creates alternate, so the counts differ by one
+    # at most, and they add up to the updates done (read a moment apart: within one).
+    n_d, n_c = data["done_delete"]["n"], data["done_create"]["n"]
+    assert abs(n_d - n_c) <= 1 and abs(n_d + n_c - data["updates_done"]) <= 1
+    assert data["done_delete"]["sum"] > 0 and data["done_create"]["sum"] > 0
+
+
+def test_a_stopped_run_measures_the_cost_per_grace_period_a_whole_run_does(vmm: Path) -> None:
+    """The control for censored runs' rates: the same workload run to its end and stopped early give the
+    same time per grace period (within 30%; run to run they differ by a few per cent here), though the
+    stopped run's boot time is only a lower bound."""
+    from pipeline.workloads.flash_metrics import censored_rates
+
+    whole = []
+    stopped = []
+    for _ in range(3):  # interleaved
+        code, data = run_vmm(vmm, "--cycles", "3000", "--spinners", "0")
+        assert code == 0
+        whole.append(derive_metrics(data)["gp_ms"])
+        code, data = run_vmm(vmm, "--cycles", "100000000", "--spinners", "0", "--censor-ms", "300")
+        assert code == 4
+        rates = censored_rates(data)
+        assert rates["grace_periods"] == 2 * data["done_delete"]["n"] + data["done_create"]["n"]
+        stopped.append(rates["gp_ms"])
+    whole.sort()
+    stopped.sort()
+    assert 0.7 < stopped[1] / whole[1] < 1.3, (whole, stopped)
 
 
 def test_usage_error_on_bad_arguments(vmm: Path) -> None:

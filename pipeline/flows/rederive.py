@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.records.results import read_results, write_json_atomic
-from pipeline.workloads.flash import derive_metrics
+from pipeline.workloads.flash_metrics import derive_metrics
 
 
 def rederived_runs(results: dict[str, Any]) -> int:

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.workloads.extra import ExtraWorkload, WorkloadOutputError, common_settings, finite
-from pipeline.workloads.flash import build_vmm, derive_metrics
+from pipeline.workloads.flash import build_vmm
+from pipeline.workloads.flash_metrics import derive_metrics
 
 PATTERN_RE = re.compile(r"^\d{1,5}(/\d{1,5})?(\*\d{1,5})?(,\d{1,5}(/\d{1,5})?(\*\d{1,5})?)*$")
 MAX_PHASES = 16000  # flashvmm's table: 64 KiB of (writes, reads) word pairs
