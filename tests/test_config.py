@@ -246,3 +246,14 @@ def test_hostile_config_files_get_a_clear_error(name: str) -> None:
 def test_every_hostile_file_has_a_test() -> None:
     names = {p.name for p in (Path(__file__).parent / "data" / "hostile").glob("*.yaml")}
     assert names == set(HOSTILE_YAML)
+
+
+def test_a_workload_says_whether_controls_run_it(tmp_path: Path) -> None:
+    item = "  - name: {}\n    kind: kvm-selftest\n    test: memslot_modification_stress_test\n"
+    items = "workloads:\n" + item.format("a") + item.format("b") + "    controls: true\n"
+    a, b = load_config(write(tmp_path, GOOD + items)).workloads
+    assert not a.controls and b.controls
+    assert a.runs_for("") and not a.runs_for("control") and b.runs_for("control")
+    bad = items + item.format("c") + "    controls: maybe\n"
+    with pytest.raises(ConfigError, match=r"workloads\[2\]\.controls"):
+        load_config(write(tmp_path, GOOD + bad))

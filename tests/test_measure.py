@@ -400,3 +400,31 @@ def test_censored_runs_stop_at_the_factor_and_still_call_the_slowdown(tmp_path: 
 
     out = write_report(folder.path, tmp_path / "reports")
     assert "at least" in (out / "summary.txt").read_text() and "&ge; " in (out / "index.html").read_text()
+
+
+def test_controls_run_the_other_workloads_only_when_they_say_so(tmp_path: Path) -> None:
+    """A control checks the flash workload's method; its kernel and command line are a candidate's, so its
+    other workloads would repeat that one's figures: they run for it only with `controls: true`."""
+    import dataclasses
+
+    from pipeline.workloads.extra import ExtraWorkload
+
+    script = Script({"a": ["ok"], "b": ["ok"]})
+    m, folder, preps, failures = make(tmp_path, script, counted=2)
+    plain = ExtraWorkload("stress", "kvm-selftest", "iteration_ms", test="memslot_modification_stress_test")
+    also = dataclasses.replace(plain, name="ovmf", controls=True)
+    object.__setattr__(m.cfg, "workloads", (plain, also))
+    for p in preps:
+        p.extras = {"stress": tmp_path / "binary", "ovmf": tmp_path / "binary"}
+        if p.candidate.name == "b":
+            p.candidate = dataclasses.replace(p.candidate, role="control")
+    ran: list[tuple[str, str]] = []
+
+    def extra(host: Any, wl: ExtraWorkload, path: Path) -> tuple[dict[str, float], dict[str, Any]]:
+        ran.append((host.console_log.parent.name, wl.name))
+        return {"iteration_ms": 2.0}, {}
+
+    m._extra = extra
+    m.measure_all(preps, None, tmp_path / "vmm")  # type: ignore[arg-type]
+    assert sorted(set(ran)) == [("a", "ovmf"), ("a", "stress"), ("b", "ovmf")]
+    assert all("stress.iteration_ms" not in r["metrics"] for r in folder.candidate("b")["runs"])

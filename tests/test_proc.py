@@ -96,3 +96,42 @@ def test_a_long_step_is_never_silent_and_counts_against_the_last_clean_build() -
     with Progress(stream=quiet, quiet=True).heartbeat("build", "c", "x", every_s=0.05):
         time.sleep(0.2)
     assert quiet.getvalue() == ""
+
+
+def test_on_a_terminal_a_heartbeat_redraws_one_line_with_a_bar_and_the_next_line_replaces_it() -> None:
+    import io
+    import time
+
+    from pipeline.util.progress import BuildCounter, Progress
+
+    out = io.StringIO()
+    progress = Progress(stream=out, live=True)
+    counter = BuildCounter(expected=100, expected_s=60)
+    for i in range(50):
+        counter.line(f"  CC      kernel/f{i}.o\n")
+    with progress.heartbeat("build", "cand", "compiling", every_s=0.1, detail=lambda: counter.detail(bar=True)):
+        time.sleep(0.35)
+    progress.say("build", "cand", "built in 5 s")
+    text = out.getvalue()
+    beats = text.split("\r\x1b[K")
+    assert len(beats) >= 3  # each heartbeat went back over the one before, and the last line over the last one
+    assert "compiling: 0s, [#####.....] 50/100 steps (50%), ETA" in beats[-2] and "\n" not in beats[-2]
+    assert len(beats[-2]) < 80
+    assert beats[-1].endswith("built in 5 s\n") and text.count("\n") == 1
+    # In a log (not a terminal) every heartbeat is a line of its own, without escape sequences or bar.
+    log = io.StringIO()
+    with Progress(stream=log).heartbeat("build", "cand", "compiling", every_s=0.1, detail=counter.detail):
+        time.sleep(0.25)
+    assert "\x1b" not in log.getvalue() and "\r" not in log.getvalue() and log.getvalue().count("\n") >= 2
+    assert "#" not in log.getvalue()
+
+
+def test_the_first_build_of_the_shipped_config_knows_its_total() -> None:
+    """A new machine's first build has no earlier build of its config: the shipped count stands in."""
+    from pipeline.config import KernelConfig
+    from pipeline.stages.build import KNOWN_BUILDS
+    from pipeline.stages.slots import slot_path
+
+    frag = Path(__file__).resolve().parent.parent / "vm-templates/kernel/kvm-host.config"
+    slot = slot_path(Path("/nonexistent-cache"), KernelConfig(), (frag,))
+    assert (KNOWN_BUILDS / f"{slot.name}.json").is_file(), "re-record known-builds/ when the fragment changes"

@@ -133,6 +133,8 @@ def write_bundle(store: Path, base: str, tip: str, run_id: str, dest: Path) -> P
 def _workload_doc(w: ExtraWorkload, files: dict[str, bytes]) -> dict[str, Any]:
     """A second workload as pipeline.yaml gives it, its file (script, recording) copied into the archive."""
     item: dict[str, Any] = {"name": w.name, "kind": w.kind, "timeout_s": w.timeout_s}
+    if w.controls:
+        item["controls"] = True
     if w.kind == "kvm-selftest":
         return item | {"test": w.test, "args": list(w.args)}
     assert w.path

@@ -175,6 +175,8 @@ class Preparer:
         assert prep.patched
         files: dict[str, Path] = {}
         for w in self.cfg.workloads:
+            if not w.runs_for(prep.candidate.role):
+                continue
             if KINDS[w.kind].from_candidate_tree:
                 self.progress.say("build", prep.candidate.name, f"workload {w.name}: {w.test} from this tree")
                 with self.progress.heartbeat("build", prep.candidate.name, f"building {w.test}"):

@@ -113,9 +113,11 @@ class RepetitionRunner:
                 if self._workload_failures(prep, tag, failures):
                     return
                 if run.censored:
+                    rate = (f", {m['gp_ms']:.2f} ms per grace period over its {int(m['grace_periods'])}"
+                            if "gp_ms" in m and "grace_periods" in m else "")
                     self.progress.say("run", name, f"{kind} #{round_idx}{where}: guest boot at least "
                                       f"{m['boot_s']:.2f} s (stopped there: censor_factor "
-                                      f"{self.cfg.repetitions.censor_factor:g} x its reference)")
+                                      f"{self.cfg.repetitions.censor_factor:g} x its reference){rate}")
                     return
                 self.progress.say("run", name, f"{kind} #{round_idx}{where}: guest boot {m['boot_s']:.2f} s, "
                                   f"host CPU {m['host_cpu_s']:.2f} s, {int(m['updates'])} updates, "
@@ -194,6 +196,8 @@ class RepetitionRunner:
                 raw["job"] = host.info["job"]
             stopped, failures = [], []
             for w in self.cfg.workloads:  # the other workloads, in the same booted test host
+                if not w.runs_for(prep.candidate.role):
+                    continue
                 censor_w = self._censor_s(prep.candidate, w.metric("wall_s"))
                 try:
                     values, extra_raw = self._extra(host, dataclasses.replace(w, censor_s=censor_w) if censor_w

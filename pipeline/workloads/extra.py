@@ -25,6 +25,9 @@ class ExtraWorkload:
     args: tuple[str, ...] = ()
     path: Path | None = None  # command
     lower_is_better: bool = True
+    # Runs for controls too (role: control). Off by default: a control checks the flash workload's method,
+    # and with the kernel and command line of a candidate its other workloads would only repeat that one's.
+    controls: bool = False
     # Set per run by the runner (repetitions.censor_factor), never by a config: > 0 stops the workload after
     # this long when its kind can read a lower bound from that (a censored run of this workload).
     censor_s: float = 0.0
@@ -34,7 +37,12 @@ class ExtraWorkload:
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "headline": self.metric(self.headline), "test": self.test,
-                "args": list(self.args), "path": str(self.path) if self.path else "", "timeout_s": self.timeout_s}
+                "args": list(self.args), "path": str(self.path) if self.path else "", "timeout_s": self.timeout_s,
+                "controls": self.controls}
+
+    def runs_for(self, role: str) -> bool:
+        """Whether a candidate of this role runs it (controls only when `controls: true`)."""
+        return self.controls or role != "control"
 
 
 class WorkloadOutputError(UserError):
@@ -46,9 +54,11 @@ class WorkloadOutputError(UserError):
 
 
 def common_settings(r: Any, item: dict, p: str, allowed: tuple[str, ...]) -> dict[str, Any]:
-    """The settings every kind takes (timeout_s, args), checked with key and line."""
-    m = r.mapping(item, p, ("kind", "name", "timeout_s", "args", *allowed))
+    """The settings every kind takes (timeout_s, args, controls), checked with key and line."""
+    m = r.mapping(item, p, ("kind", "name", "timeout_s", "args", "controls", *allowed))
     kw: dict[str, Any] = {}
+    if "controls" in m:
+        kw["controls"] = r.typed(m["controls"], f"{p}.controls", bool)
     if "timeout_s" in m:
         kw["timeout_s"] = r.typed(m["timeout_s"], f"{p}.timeout_s", int, lambda x: 1 <= x <= 86400, "1 to 86400")
     if "args" in m:
