@@ -64,6 +64,9 @@ class Repetitions:
     # > 0: a run stops once it has taken this many times its reference's median boot, and counts as
     # "at least" that (a censored run: only a slowdown can be read from it, and no host CPU). 0: never.
     censor_factor: float = 0.0
+    # A run stopped so skips the other workloads too: its answer is known. Set by triage (whose reply is read
+    # from the flash boot), never by a config; the default evaluation keeps them (a firmware boot's loss).
+    skip_others_when_censored: bool = False
     retries: int = 2
     # A run during which other processes on this machine used more than this many CPUs (averaged over the
     # run) was disturbed: an infrastructure fault, retried and listed with the load. 0: never.

@@ -428,3 +428,33 @@ def test_controls_run_the_other_workloads_only_when_they_say_so(tmp_path: Path) 
     m.measure_all(preps, None, tmp_path / "vmm")  # type: ignore[arg-type]
     assert sorted(set(ran)) == [("a", "ovmf"), ("a", "stress"), ("b", "ovmf")]
     assert all("stress.iteration_ms" not in r["metrics"] for r in folder.candidate("b")["runs"])
+
+
+def test_a_stopped_run_skips_the_other_workloads_when_told_to(tmp_path: Path) -> None:
+    """Triage's rule: a run stopped at the factor has answered, so its other workloads are not run; runs
+    measured to their end run them as always. Without the setting (the default evaluation) they run."""
+    from pipeline.workloads.extra import ExtraWorkload
+
+    for skip in (True, False):
+        reps = Repetitions(warmup=0, counted=2, max_counted=2, censor_factor=4.0, retries=0,
+                           skip_others_when_censored=skip)
+        script = Script({"base": ["ok"], "slow": ["ok"]})
+        values = {"base": [1.0, 1.05], "slow": [30.0, 31.0]}
+        m, folder, preps, _ = make(tmp_path / str(skip), script, reps=reps,
+                                   boot_s=lambda name, v=values: v[str(name)].pop(0))
+        object.__setattr__(m.cfg, "workloads", (ExtraWorkload("stress", "kvm-selftest", "iteration_ms",
+                                                              test="memslot_modification_stress_test"),))
+        for p in preps:
+            p.extras = {"stress": tmp_path / "binary"}
+        ran: list[str] = []
+
+        def extra(host: Any, wl: ExtraWorkload, path: Path, ran: list[str] = ran) -> tuple[dict, dict]:
+            ran.append(host.console_log.parent.name)
+            return {"iteration_ms": 2.0}, {}
+
+        m._extra = extra
+        m.measure_all(preps, None, Path("/nonexistent"))  # type: ignore[arg-type]
+        stopped = [r["censored"] for r in folder.candidate("slow")["runs"]]
+        assert any(stopped)
+        expect = ["base", "base"] + (["slow"] * stopped.count(False) if skip else ["slow", "slow"])
+        assert sorted(ran) == sorted(expect), (skip, stopped, ran)

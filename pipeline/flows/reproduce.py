@@ -54,10 +54,11 @@ def workload_lines(metadata: dict[str, Any]) -> list[str]:
     reps = metadata.get("repetitions") or {}
     cycles = int(w.get("cycles", 0))
     readers = int(w.get("spinners", 0))
+    more = " first, more where the sequential rule asked" if int(reps.get("looks", 1) or 1) > 1 else ""
     line = (f"Workload: {cycles} flash cycles ({2 * cycles} KVM_SET_USER_MEMORY_REGION calls, {3 * cycles} "
             f"expedited SRCU grace periods in a 6.1 host), {readers} reader vCPU{'s' if readers != 1 else ''} "
             f"({w.get('spin_mode', '?')}), placement {w.get('placement', '?')}; {reps.get('counted', '?')} runs a "
-            f"side, interleaved, each on a freshly booted test host")
+            f"side{more}, interleaved, each on a freshly booted test host")
     return textwrap.wrap(line, WIDTH)
 
 

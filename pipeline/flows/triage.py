@@ -62,7 +62,11 @@ def triage_config(cfg: Config, series: Series, censor: float = TRIAGE_CENSOR) ->
                      description=series.subject)
     # Code from a mailing list: its build always runs confined, whatever the config says.
     kernel = dataclasses.replace(cfg.kernel, sandbox=True)
-    reps = dataclasses.replace(cfg.repetitions, censor_factor=censor)
+    # Two runs a side make the first look (the sequential rule adds runs while a comparison is undecided);
+    # a stopped run of the series has answered, so its other workloads are skipped.
+    reps = cfg.repetitions
+    first = min(reps.counted, 2) if reps.looks > 1 and reps.budget_s > 0 else reps.counted
+    reps = dataclasses.replace(reps, censor_factor=censor, counted=first, skip_others_when_censored=True)
     return dataclasses.replace(cfg, trees=trees, candidates=(base, cand), kernel=kernel, repetitions=reps), note
 
 def outcome(results: dict[str, Any], analysis: dict[str, Any], cand: str, series: Series) -> str:

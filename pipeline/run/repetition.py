@@ -195,7 +195,8 @@ class RepetitionRunner:
             if host.info.get("job"):  # the runtime's record of the job that ran it (LAVA: id, queue, device time)
                 raw["job"] = host.info["job"]
             stopped, failures = [], []
-            for w in self.cfg.workloads:  # the other workloads, in the same booted test host
+            others = () if result.censored and self.cfg.repetitions.skip_others_when_censored else self.cfg.workloads
+            for w in others:  # the other workloads, in the same booted test host
                 if not w.runs_for(prep.candidate.role):
                     continue
                 censor_w = self._censor_s(prep.candidate, w.metric("wall_s"))
