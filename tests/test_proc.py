@@ -92,6 +92,7 @@ def test_a_long_step_is_never_silent_and_counts_against_the_last_clean_build() -
     assert len(lines) >= 2
     assert "50 of about 200 steps (25%)" in lines[-1] and "ETA" in lines[-1]
     assert BuildCounter().detail() == "0 steps so far"
+    assert BuildCounter(expected=1852).plan() == " (about 1852 steps from empty)" and BuildCounter().plan() == ""
     quiet = io.StringIO()
     with Progress(stream=quiet, quiet=True).heartbeat("build", "c", "x", every_s=0.05):
         time.sleep(0.2)

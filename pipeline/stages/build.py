@@ -210,6 +210,8 @@ def build_kernel(patched: PatchedTree, kernel: KernelConfig, base_fragments: tup
     late = f"kernel build still running after kernel.build_timeout_s = {kernel.build_timeout_s} s; stopped"
 
     counter = BuildCounter(*_expected_steps(slot, place.in_place))
+    if progress:  # the slot took seconds; the first heartbeat comes 8 s from now: say where it stands
+        progress.say("build", label, f"build directory ready in {time.monotonic() - start:.0f} s{counter.plan()}")
 
     def step(argv: list[str], logf: IO[str]) -> CommandResult:
         return run_step(argv, box, env, wt, logf, deadline, late, counter.line)

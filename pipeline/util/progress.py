@@ -114,6 +114,10 @@ class BuildCounter:
         if word in self._WORDS:
             self.count += 1
 
+    def plan(self) -> str:
+        """' (about N steps from empty)' when the total is known, else ''."""
+        return f" (about {self.expected} steps from empty)" if self.expected > 0 else ""
+
     def detail(self, bar: bool = False) -> str:
         """'N of about M steps (P%), ETA T', with a bar in front when asked; 'N steps so far' without a total."""
         if self.expected <= 0 or self.count > self.expected * 1.2:
