@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from pipeline.cli import main
 from pipeline.errors import UserError
@@ -219,3 +220,20 @@ def test_published_documents_carry_no_local_path(tmp_path: Path, monkeypatch: py
     assert out["origin"] == "/usr/src/linux-source-6.1.tar.xz" and out["url"] == "https://example.org/a/b"
     assert out["msg"] == "cannot open <local>/key.pem: denied" and out["plain"] == "no path here"
     assert publishable(out, run) == out  # publishing twice changes nothing
+
+
+def test_a_report_rendered_from_its_run_folder_quotes_no_local_path(tmp_path: Path) -> None:
+    """The run folder keeps local paths (a workload's recording, say); the summary and the page are
+    rendered from the published results, so the analysis that quotes the settings carries none either."""
+    from pipeline.report.render import write_report
+
+    src = REPO / "reports" / "20261207-110155-62ba"
+    run = tmp_path / "runs" / src.name
+    shutil.copytree(src, run)
+    local = str(tmp_path / "checkout" / "vm-templates" / "firmware" / "ovmf-x86-fresh.pattern")
+    text = (run / "results.json").read_text().replace("<kpipe>/vm-templates/firmware/ovmf-x86-fresh.pattern", local)
+    assert local in text
+    (run / "results.json").write_text(text)
+    out = write_report(run, tmp_path / "reports")
+    for name in ("results.json", "summary.json", "summary.txt", "index.html"):
+        assert str(tmp_path) not in (out / name).read_text(), name

@@ -257,7 +257,6 @@ def render_html(results: dict[str, Any], metadata: dict[str, Any], analysis: dic
 def write_report(run_dir: Path, reports_dir: Path) -> Path:
     """Render every format for one run into reports/<run-id>/ and refresh reports/index.html."""
     results, metadata = load_run(run_dir)
-    a = analyze(results)
     run_id = str(results.get("run_id", ""))
     if not RUN_ID_RE.match(run_id):
         raise UserError(f"{run_dir / 'results.json'}: run_id {run_id!r} is not a run id (letters, digits, '-', '_')")
@@ -270,6 +269,7 @@ def write_report(run_dir: Path, reports_dir: Path) -> Path:
         write_json_atomic(out / "results.json", results)
         if (run_dir / "metadata.json").exists():
             write_json_atomic(out / "metadata.json", metadata)
+    a = analyze(results)  # from what is published: the analysis quotes the run's settings (workload files)
     # Each file replaced whole: a reader (another run's write_index, a web server) never sees a torn one.
     write_text_atomic(out / "summary.txt", render_text(results, metadata, a))
     write_text_atomic(out / "summary.json", render_json(results, metadata, a))

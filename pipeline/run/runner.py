@@ -149,9 +149,11 @@ def _run_locked(cfg: Config, folder: RunFolder, cands: list[Candidate], progress
             progress.say("run", "-", "no candidate besides the references can be measured: nothing to compare, "
                                      "the references are not measured either")
         elif any(p.alive for p in preps):
-            initramfs = build_initramfs(cfg.test_host.initramfs_recipe, cfg.cache_dir,
-                                        folder.log_path("_host", "initramfs.log"))
-            vmm = build_vmm(cfg.cache_dir, folder.log_path("_host", "vmm.log"))
+            with progress.heartbeat("build", "-", "the test host's initramfs and the workload's VMM"):
+                initramfs = build_initramfs(cfg.test_host.initramfs_recipe, cfg.cache_dir,
+                                            folder.log_path("_host", "initramfs.log"))
+                vmm = build_vmm(cfg.cache_dir, folder.log_path("_host", "vmm.log"))
+            progress.say("build", "-", "test host's initramfs and the VMM ready; measuring")
             measurer.measure_all(preps, initramfs, vmm)
         folder.update(status="finished")
     except (KeyboardInterrupt, Interrupted) as exc:

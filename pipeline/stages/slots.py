@@ -55,7 +55,7 @@ def checkout_slot(slot: Path, store: Path, commit: str, log_file: Path | None = 
     git(["worktree", "prune"], store, log_file)
     slot.mkdir(parents=True, exist_ok=True)
     seed = seed_path(store, commit)
-    if not seed.is_dir():
+    if not seed.is_dir() or (seed / ".git").exists():  # git add never took a .git: not the commit's tree
         git(["worktree", "add", "--quiet", "--force", "--detach", str(src), commit], store, log_file)
         return src, False
     # The tree extracted when the tarball was imported is this commit's files already: moved in, and the
