@@ -97,17 +97,22 @@ def test_censor_stops_the_boot_and_says_when(vmm: Path) -> None:
 
 
 def test_a_stopped_run_measures_the_cost_per_grace_period_a_whole_run_does(vmm: Path) -> None:
-    """The control for censored runs' rates: the same workload run to its end and stopped early give the
-    same time per grace period (within 30%; run to run they differ by a few per cent here), though the
-    stopped run's boot time is only a lower bound."""
+    """The control for censored runs' rates. Exact: a stopped run's rate, read from the same counts and
+    sums a whole run reports, is the whole run's gp_ms and per-kind means. Live: the same workload run to
+    its end and stopped early, interleaved 5 times on this machine's KVM, give time per grace period
+    within 2x of each other by their medians (this local KVM varies run to run by up to 2.7x; a wrong
+    count of grace periods per update would be off by a fixed 1.5x or 3x in every run)."""
     from pipeline.workloads.flash_metrics import censored_rates
 
-    whole = []
-    stopped = []
-    for _ in range(3):  # interleaved
+    whole, stopped = [], []
+    for _ in range(5):  # interleaved
         code, data = run_vmm(vmm, "--cycles", "3000", "--spinners", "0")
         assert code == 0
-        whole.append(derive_metrics(data)["gp_ms"])
+        full = derive_metrics(data)
+        whole.append(full["gp_ms"])
+        same = censored_rates({"done_delete": data["update_delete_ns"], "done_create": data["update_create_ns"]})
+        for key in ("gp_ms", "delete_mean_ms", "create_mean_ms", "grace_periods"):
+            assert abs(same[key] - full[key]) <= 1e-9 * max(1.0, abs(full[key])), key
         code, data = run_vmm(vmm, "--cycles", "100000000", "--spinners", "0", "--censor-ms", "300")
         assert code == 4
         rates = censored_rates(data)
@@ -115,7 +120,7 @@ def test_a_stopped_run_measures_the_cost_per_grace_period_a_whole_run_does(vmm: 
         stopped.append(rates["gp_ms"])
     whole.sort()
     stopped.sort()
-    assert 0.7 < stopped[1] / whole[1] < 1.3, (whole, stopped)
+    assert 0.5 < stopped[2] / whole[2] < 2.0, (whole, stopped)
 
 
 def test_usage_error_on_bad_arguments(vmm: Path) -> None:
