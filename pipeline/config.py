@@ -112,6 +112,10 @@ class Config:
         """The workload a candidate runs: its own settings over the config's."""
         return cand.workload or self.workload
 
+    def workloads_for(self, cand: Candidate) -> tuple[Any, ...]:
+        """The other workloads a candidate runs (a control only those that say `controls: true`)."""
+        return tuple(w for w in self.workloads if w.runs_for(cand.role))
+
     def candidate(self, name: str) -> Candidate:
         for c in self.candidates:
             if c.name == name:

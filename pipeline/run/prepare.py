@@ -174,9 +174,7 @@ class Preparer:
         selftests) built from its own, the others' from their kind."""
         assert prep.patched
         files: dict[str, Path] = {}
-        for w in self.cfg.workloads:
-            if not w.runs_for(prep.candidate.role):
-                continue
+        for w in self.cfg.workloads_for(prep.candidate):
             if KINDS[w.kind].from_candidate_tree:
                 self.progress.say("build", prep.candidate.name, f"workload {w.name}: {w.test} from this tree")
                 with self.progress.heartbeat("build", prep.candidate.name, f"building {w.test}"):

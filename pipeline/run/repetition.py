@@ -195,10 +195,8 @@ class RepetitionRunner:
             if host.info.get("job"):  # the runtime's record of the job that ran it (LAVA: id, queue, device time)
                 raw["job"] = host.info["job"]
             stopped, failures = [], []
-            others = () if result.censored and self.cfg.repetitions.skip_others_when_censored else self.cfg.workloads
-            for w in others:  # the other workloads, in the same booted test host
-                if not w.runs_for(prep.candidate.role):
-                    continue
+            skip = result.censored and self.cfg.repetitions.skip_others_when_censored
+            for w in () if skip else self.cfg.workloads_for(prep.candidate):  # in the same booted test host
                 censor_w = self._censor_s(prep.candidate, w.metric("wall_s"))
                 try:
                     values, extra_raw = self._extra(host, dataclasses.replace(w, censor_s=censor_w) if censor_w
